@@ -1,0 +1,942 @@
+"""Load any tabular interaction file into contiguous ids, filter, split, batch.
+
+Everything here is host-side NumPy/pandas: `load()` reads and validates the
+files named in `DataConfig`, `split()` makes deterministic train/valid/test
+`Interactions`, and `InteractionBatches` feeds Keras `fit()` with vectorised
+negative sampling whose content depends only on (seed, epoch, batch index).
+"""
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import pathlib
+import zlib
+
+import keras
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interactions:
+    """User-item interactions over a fixed catalog.
+
+    Args:
+        user: `(n,)` int32 contiguous user indices in `[0, num_users)`.
+        item: `(n,)` int32 contiguous item indices in `[0, num_items)`.
+        value: `(n,)` float32 rating or weight (1.0 for implicit data).
+        ts: `(n,)` int64 timestamps (0 where the data has none).
+        num_users: size of the user index space (not only users present).
+        num_items: size of the catalog (not only items present).
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    value: np.ndarray
+    ts: np.ndarray
+    num_users: int
+    num_items: int
+
+    def __post_init__(self):
+        n = len(self.user)
+        for name in ("item", "value", "ts"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"`{name}` has {len(getattr(self, name))} rows but `user` "
+                    f"has {n}."
+                )
+        object.__setattr__(self, "user", np.asarray(self.user, np.int32))
+        object.__setattr__(self, "item", np.asarray(self.item, np.int32))
+        object.__setattr__(self, "value", np.asarray(self.value, np.float32))
+        object.__setattr__(self, "ts", np.asarray(self.ts, np.int64))
+        if n and (self.user.min() < 0 or self.user.max() >= self.num_users):
+            raise ValueError(
+                f"`user` indices must lie in [0, {self.num_users}). Received "
+                f"range [{self.user.min()}, {self.user.max()}]."
+            )
+        if n and (self.item.min() < 0 or self.item.max() >= self.num_items):
+            raise ValueError(
+                f"`item` indices must lie in [0, {self.num_items}). Received "
+                f"range [{self.item.min()}, {self.item.max()}]."
+            )
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def to_csr(self, binary: bool = True) -> sp.csr_matrix:
+        """`(num_users, num_items)` sparse matrix; duplicates are summed,
+        or collapsed to 1.0 when `binary`."""
+        data = np.ones(len(self), np.float32) if binary else self.value
+        m = sp.csr_matrix(
+            (data, (self.user, self.item)),
+            shape=(self.num_users, self.num_items),
+            dtype=np.float32,
+        )
+        m.sum_duplicates()
+        if binary:
+            m.data[:] = 1.0
+        return m
+
+    def select(self, mask: np.ndarray) -> "Interactions":
+        """The rows where `mask` is true (or the rows at integer `mask`)."""
+        return dataclasses.replace(
+            self,
+            user=self.user[mask],
+            item=self.item[mask],
+            value=self.value[mask],
+            ts=self.ts[mask],
+        )
+
+    def concat(self, other: "Interactions") -> "Interactions":
+        if (other.num_users, other.num_items) != (
+            self.num_users,
+            self.num_items,
+        ):
+            raise ValueError(
+                "Cannot concatenate interactions over different index "
+                f"spaces: {(self.num_users, self.num_items)} vs "
+                f"{(other.num_users, other.num_items)}."
+            )
+        return dataclasses.replace(
+            self,
+            user=np.concatenate([self.user, other.user]),
+            item=np.concatenate([self.item, other.item]),
+            value=np.concatenate([self.value, other.value]),
+            ts=np.concatenate([self.ts, other.ts]),
+        )
+
+    def item_counts(self) -> np.ndarray:
+        """`(num_items,)` int64 number of interactions per item."""
+        return np.bincount(self.item, minlength=self.num_items)
+
+    def user_counts(self) -> np.ndarray:
+        """`(num_users,)` int64 number of interactions per user."""
+        return np.bincount(self.user, minlength=self.num_users)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+
+FORMATS = ("csv", "tsv", "dat", "parquet", "jsonl")
+DUPLICATE_RULES = ("last", "first", "max", "sum", "error")
+SPLITS = ("chrono", "leave_last_out", "time_cut", "random")
+PAD = 0  # history slot meaning "no item"; items are stored as index + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTable:
+    """Dense float32 features for every user or item index.
+
+    Rows follow the index order of the ids they belong to; rows of ids absent
+    from the feature file are zero, and `missing` marks them.
+    """
+
+    values: np.ndarray  # (num_entities, num_features) float32
+    names: list  # one name per column
+    missing: np.ndarray  # (num_entities,) bool: no row in the file
+    stats: dict  # vocabularies, means, stds: enough to encode again
+
+    @property
+    def num_features(self) -> int:
+        return self.values.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """What `load()` returns: encoded interactions plus everything around.
+
+    `raw` is the interaction table as read (standard column names `user`,
+    `item`, and `rating`/`timestamp` where configured) before any filtering,
+    kept for exploratory analysis.
+    """
+
+    interactions: Interactions
+    user_ids: np.ndarray  # raw id of each user index
+    item_ids: np.ndarray  # raw id of each item index
+    item_features: FeatureTable | None
+    user_features: FeatureTable | None
+    raw: pd.DataFrame
+    source: str
+
+    def filtered_frame(self) -> pd.DataFrame:
+        """The kept interactions with raw ids, in the `raw` column layout."""
+        x = self.interactions
+        frame = {"user": self.user_ids[x.user], "item": self.item_ids[x.item]}
+        if "rating" in self.raw:
+            frame["rating"] = x.value
+        if "timestamp" in self.raw:
+            frame["timestamp"] = x.ts
+        return pd.DataFrame(frame)
+
+    def encoders(self) -> dict:
+        """JSON-ready id maps (index -> raw id) and feature vocabularies."""
+        return {
+            "user_ids": self.user_ids.tolist(),
+            "item_ids": self.item_ids.tolist(),
+            "item_features": None
+            if self.item_features is None
+            else self.item_features.stats,
+            "user_features": None
+            if self.user_features is None
+            else self.user_features.stats,
+        }
+
+
+def read_table(
+    path,
+    format="auto",
+    sep=None,
+    header=True,
+    column_names=(),
+    encoding="utf-8",
+) -> pd.DataFrame:
+    """Read a csv/tsv/`::`-dat/parquet/JSON-lines file into a DataFrame.
+
+    Text files go through pandas' pyarrow reader (multi-threaded, no Python
+    row loop); multi-character separators such as `::` are rewritten to a
+    single control character first, since no fast reader takes them.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unknown format, or a file that cannot be parsed.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Data file not found: {path} (resolved: {path.resolve()}). "
+            "Point `data.path` in config.py (or `--set data.path=...`) at "
+            "your interaction file."
+        )
+    fmt = _detect_format(path) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise ValueError(
+            f"`format` must be one of {('auto',) + FORMATS}. Received: "
+            f"{format!r} for {path}."
+        )
+    if header and column_names:
+        raise ValueError(
+            f"{path}: give `column_names` only with `header=False`; the "
+            "file's first row already names the columns."
+        )
+    try:
+        if fmt == "parquet":
+            frame = pd.read_parquet(path)
+        elif fmt == "jsonl":
+            frame = pd.read_json(path, lines=True, encoding=encoding)
+        else:
+            frame = _read_text(path, fmt, sep, header, column_names, encoding)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # parser errors differ by engine
+        raise ValueError(f"Could not parse {path} as {fmt}: {e}") from e
+    if column_names and fmt in ("parquet", "jsonl"):
+        frame.columns = list(column_names)
+    return frame
+
+
+def load(cfg) -> Dataset:
+    """Read, validate, filter and index the data described by a DataConfig.
+
+    Steps: read -> check columns and types -> implicit threshold -> duplicate
+    rule -> iterated k-core -> contiguous int32 ids (sorted raw ids) ->
+    feature tables aligned to the ids.
+    """
+    path = pathlib.Path(cfg.path)
+    frame = read_table(
+        path, cfg.format, cfg.sep, cfg.header, cfg.column_names, cfg.encoding
+    )
+    raw = _standardise(frame, cfg, path)
+    logger.info(
+        "read %s: rows=%d users=%d items=%d",
+        path.name,
+        len(raw),
+        raw["user"].nunique(),
+        raw["item"].nunique(),
+    )
+    kept = raw
+    if cfg.implicit_threshold is not None:
+        if "rating" not in kept:
+            raise ValueError(
+                "`data.implicit_threshold` needs a rating column, but "
+                "`data.rating_col` is None."
+            )
+        kept = kept[kept["rating"] >= cfg.implicit_threshold]
+        logger.info(
+            "kept %d of %d rows with rating >= %g",
+            len(kept),
+            len(raw),
+            cfg.implicit_threshold,
+        )
+    kept = _deduplicate(kept, cfg.duplicates, path)
+    kept = _k_core(kept, cfg.min_user_interactions, cfg.min_item_interactions)
+    if kept.empty:
+        raise ValueError(
+            f"No interactions left in {path} after filtering (rows read: "
+            f"{len(raw)}, implicit_threshold={cfg.implicit_threshold}, "
+            f"min_user_interactions={cfg.min_user_interactions}, "
+            f"min_item_interactions={cfg.min_item_interactions}). Loosen "
+            "the filters in config.py."
+        )
+    user_codes, user_ids = pd.factorize(kept["user"], sort=True)
+    item_codes, item_ids = pd.factorize(kept["item"], sort=True)
+    value = (
+        kept["rating"].to_numpy(np.float32)
+        if "rating" in kept
+        else np.ones(len(kept), np.float32)
+    )
+    interactions = Interactions(
+        user=user_codes,
+        item=item_codes,
+        value=value,
+        ts=kept["timestamp"].to_numpy(np.int64),
+        num_users=len(user_ids),
+        num_items=len(item_ids),
+    )
+    user_ids = np.asarray(user_ids)
+    item_ids = np.asarray(item_ids)
+    logger.info(
+        "interactions=%d users=%d items=%d density=%.5f",
+        len(interactions),
+        interactions.num_users,
+        interactions.num_items,
+        len(interactions) / (interactions.num_users * interactions.num_items),
+    )
+    return Dataset(
+        interactions=interactions,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        item_features=_load_features(cfg.item_features, item_ids, "item"),
+        user_features=_load_features(cfg.user_features, user_ids, "user"),
+        raw=raw.drop(columns="_row"),
+        source=str(path),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Splitting
+# ---------------------------------------------------------------------------
+
+
+def split(
+    interactions: Interactions,
+    method: str = "chrono",
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[Interactions, Interactions, Interactions]:
+    """Deterministic train / valid / test split.
+
+    - `chrono` (default, protocol P1): per user, order by (timestamp, item
+      index); test = the last ceil(test_fraction * n), valid = the
+      ceil(valid_fraction * n) before those, train = the rest.
+    - `leave_last_out`: per user, the last interaction is test and the one
+      before is valid; users with fewer than 3 interactions stay in train.
+    - `time_cut`: one global cut: test = the latest `test_fraction` of all
+      interactions by time, valid = the `valid_fraction` before.
+    - `random`: per user like `chrono`, over a seeded random order.
+    """
+    if method not in SPLITS:
+        raise ValueError(
+            f"`split` must be one of {SPLITS}. Received: {method!r}"
+        )
+    for name, frac in (("valid_fraction", valid_fraction),
+                       ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(
+                f"`{name}` must lie in [0, 1). Received: {frac}"
+            )
+    x = interactions
+    n = len(x)
+    if method == "time_cut":
+        order = np.lexsort((x.item, x.user, x.ts))
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        n_test = _ceil_fraction(n, test_fraction)
+        n_valid = _ceil_fraction(n, valid_fraction)
+        part = np.where(
+            rank >= n - n_test, 2, np.where(rank >= n - n_test - n_valid, 1, 0)
+        )
+    else:
+        if method == "random":
+            tiebreak = np.random.default_rng(seed).permutation(n)
+            order = np.lexsort((tiebreak, x.user))
+        else:
+            order = np.lexsort((x.item, x.ts, x.user))
+        users = x.user[order]
+        counts = np.bincount(users, minlength=x.num_users)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pos = np.arange(n) - starts[users]
+        total = counts[users]
+        if method == "leave_last_out":
+            enough = total >= 3
+            n_test = np.where(enough, 1, 0)
+            n_valid = np.where(enough, 1, 0)
+        else:
+            n_test = _ceil_fraction(total, test_fraction)
+            n_valid = _ceil_fraction(total, valid_fraction)
+        sorted_part = np.where(
+            pos >= total - n_test,
+            2,
+            np.where(pos >= total - n_test - n_valid, 1, 0),
+        )
+        part = np.empty(n, np.int8)
+        part[order] = sorted_part
+    train, valid, test = (x.select(part == p) for p in (0, 1, 2))
+    logger.info(
+        "split=%s train=%d valid=%d test=%d",
+        method,
+        len(train),
+        len(valid),
+        len(test),
+    )
+    return train, valid, test
+
+
+# ---------------------------------------------------------------------------
+# Model inputs
+# ---------------------------------------------------------------------------
+
+
+def history_matrix(interactions: Interactions, length: int) -> np.ndarray:
+    """`(num_users, length)` int32: each user's most recent items.
+
+    Entries are item index + 1, newest first, padded with `PAD` (0), so the
+    model can mask padding without a separate length array.
+    """
+    if length < 1:
+        raise ValueError(f"`length` must be >= 1. Received: {length}")
+    x = interactions
+    order = np.lexsort((-x.item.astype(np.int64), -x.ts, x.user))
+    users = x.user[order]
+    counts = np.bincount(users, minlength=x.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(x)) - starts[users]
+    keep = pos < length
+    out = np.full((x.num_users, length), PAD, np.int32)
+    out[users[keep], pos[keep]] = x.item[order][keep] + 1
+    return out
+
+
+def item_log_probs(item_counts: np.ndarray) -> np.ndarray:
+    """log of each item's share of interactions (the logQ correction term);
+    unseen items get the log of half a count so the value stays finite."""
+    counts = np.maximum(item_counts.astype(np.float64), 0.5)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def negative_sampler(
+    item_counts: np.ndarray, method: str = "uniform", alpha: float = 0.75
+):
+    """Return `sample(rng, shape) -> int32 items`, vectorised.
+
+    `popularity` draws proportionally to count**alpha (word2vec-style
+    smoothing) with inverse-CDF lookup (`searchsorted`), so each call costs
+    O(size * log num_items) and no per-item Python work.
+    """
+    num_items = len(item_counts)
+    if method == "uniform":
+        return lambda rng, shape: rng.integers(
+            0, num_items, size=shape, dtype=np.int32
+        )
+    if method == "popularity":
+        weights = np.power(item_counts.astype(np.float64), alpha)
+        if weights.sum() <= 0:
+            raise ValueError("Popularity sampling needs interactions.")
+        cdf = np.cumsum(weights / weights.sum())
+        cdf[-1] = 1.0
+        return lambda rng, shape: np.searchsorted(
+            cdf, rng.random(size=shape), side="right"
+        ).astype(np.int32)
+    raise ValueError(
+        "`negative_sampling` must be 'uniform' or 'popularity'. "
+        f"Received: {method!r}"
+    )
+
+
+class InteractionBatches(keras.utils.PyDataset):
+    """Shuffled training batches for `fit()`, built with vectorised NumPy.
+
+    Batch `idx` of epoch `e` depends only on `(seed, e, idx)`: the epoch's
+    order comes from `default_rng([seed, e])` and the batch's negatives and
+    history dropout from `default_rng([seed, e, idx])`. Worker processes
+    therefore produce the same batches as the main process, and no two
+    batches share random state.
+
+    Args:
+        interactions: the training `Interactions`.
+        batch_size: int, examples per batch.
+        seed: int.
+        history: optional `(num_users, L)` output of `history_matrix`; the
+            batch gets each user's row with the target item hidden, and a
+            `history_dropout` share of the other items hidden at random.
+        history_dropout: float in `[0, 1)`.
+        user_features, item_features: optional `(num, F)` float32 tables
+            gathered per batch.
+        num_negatives: int, sampled negatives per positive (0 = none).
+        sampler: `negative_sampler(...)` result, needed with negatives.
+        item_logq: optional `(num_items,)` log sampling probabilities.
+        label_range: optional `(low, high)`: labels are ratings rescaled
+            from this range to [-1, 1] (pointwise regression on cosines).
+        shuffle: bool.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.
+
+    Returns per batch `(x, y)`: `x` a dict of arrays (`user`, `item`,
+    `history`, `user_features`, `item_features`, `neg_item`,
+    `neg_item_features`, `item_logq` as configured), `y` float32 labels.
+    """
+
+    def __init__(
+        self,
+        interactions,
+        batch_size,
+        seed=0,
+        history=None,
+        history_dropout=0.0,
+        user_features=None,
+        item_features=None,
+        num_negatives=0,
+        sampler=None,
+        item_logq=None,
+        label_range=None,
+        shuffle=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1. Received: {batch_size}")
+        if len(interactions) == 0:
+            raise ValueError("Cannot make batches from zero interactions.")
+        if num_negatives and sampler is None:
+            raise ValueError("`num_negatives` > 0 needs a `sampler`.")
+        if not 0.0 <= history_dropout < 1.0:
+            raise ValueError(
+                f"`history_dropout` must be in [0, 1). Received: {history_dropout}"
+            )
+        self.x = interactions
+        self.batch_size = batch_size
+        self.seed = seed
+        self.history = history
+        self.history_dropout = history_dropout
+        self.user_features = user_features
+        self.item_features = item_features
+        self.num_negatives = num_negatives
+        self.sampler = sampler
+        self.item_logq = item_logq
+        self.label_range = label_range
+        self.shuffle = shuffle
+        self.epoch = 0
+        self._order_epoch = None
+        self._order = None
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, idx):
+        rows = self._epoch_order()[
+            idx * self.batch_size : (idx + 1) * self.batch_size
+        ]
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        user = self.x.user[rows]
+        item = self.x.item[rows]
+        batch = {"user": user, "item": item}
+        if self.history is not None:
+            hist = self.history[user]
+            keep = hist != item[:, None] + 1
+            if self.history_dropout > 0:
+                keep &= rng.random(hist.shape) >= self.history_dropout
+            batch["history"] = np.where(keep, hist, PAD).astype(np.int32)
+        if self.user_features is not None:
+            batch["user_features"] = self.user_features[user]
+        if self.item_features is not None:
+            batch["item_features"] = self.item_features[item]
+        if self.item_logq is not None:
+            batch["item_logq"] = self.item_logq[item]
+        if self.num_negatives:
+            neg = self.sampler(rng, (len(rows), self.num_negatives))
+            batch["neg_item"] = neg
+            if self.item_features is not None:
+                batch["neg_item_features"] = self.item_features[neg]
+        if self.label_range is not None:
+            low, high = self.label_range
+            value = self.x.value[rows]
+            label = 2.0 * (value - low) / max(high - low, 1e-12) - 1.0
+        else:
+            label = np.ones(len(rows), np.float32)
+        return batch, label.astype(np.float32)
+
+    def _epoch_order(self):
+        if self._order_epoch != self.epoch:
+            n = len(self.x)
+            self._order = (
+                np.random.default_rng([self.seed, self.epoch]).permutation(n)
+                if self.shuffle
+                else np.arange(n)
+            )
+            self._order_epoch = self.epoch
+        return self._order
+
+
+def save_encoders(dataset: Dataset, path) -> None:
+    """Write the id maps and feature vocabularies as JSON, atomically."""
+    atomic_write_text(path, json.dumps(dataset.encoders()))
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to a temporary sibling, then rename over `path`, so a
+    crash never leaves a half-written file where a good one was."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _detect_format(path: pathlib.Path) -> str:
+    suffix = path.suffix.lower()
+    return {
+        ".csv": "csv",
+        ".tsv": "tsv",
+        ".txt": "tsv",
+        ".dat": "dat",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+    }.get(suffix, "csv")
+
+
+def _read_text(path, fmt, sep, header, column_names, encoding):
+    sep = sep or {"csv": ",", "tsv": "\t", "dat": "::"}[fmt]
+    names = list(column_names) if column_names else None
+    kwargs = dict(header=0 if header else None, names=names)
+    if len(sep) > 1:
+        # No fast reader takes multi-character separators; swap in a byte
+        # that cannot occur in text data and parse with the fast reader.
+        text = path.read_bytes().decode(encoding).replace(sep, "\x1f")
+        return pd.read_csv(
+            io.StringIO(text), sep="\x1f", engine="c", quoting=3, **kwargs
+        )
+    try:
+        return pd.read_csv(
+            path, sep=sep, engine="pyarrow", encoding=encoding, **kwargs
+        )
+    except Exception:
+        # pyarrow refuses some files (ragged rows, odd quoting) that the C
+        # engine reads; its error then names the offending line.
+        return pd.read_csv(path, sep=sep, engine="c", encoding=encoding,
+                           **kwargs)
+
+
+def _standardise(frame, cfg, path) -> pd.DataFrame:
+    """Rename configured columns to user/item/rating/timestamp and type them,
+    raising on missing columns or bad values with file, column and row."""
+    first_line = 2 if cfg.header else 1
+    wanted = {"user": cfg.user_col, "item": cfg.item_col}
+    if cfg.rating_col is not None:
+        wanted["rating"] = cfg.rating_col
+    if cfg.timestamp_col is not None:
+        wanted["timestamp"] = cfg.timestamp_col
+    present = [str(c) for c in frame.columns]
+    for role, col in wanted.items():
+        if col not in frame.columns:
+            raise ValueError(
+                f"{path}: column `{col}` (data.{role}_col) not found. "
+                f"Columns in the file: {present}."
+            )
+    out = pd.DataFrame(
+        {role: frame[col].to_numpy() for role, col in wanted.items()}
+    )
+    out["_row"] = np.arange(len(out), dtype=np.int64)
+    for role in ("user", "item"):
+        missing = out[role].isna().to_numpy()
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise ValueError(
+                f"{path}: column `{wanted[role]}` is empty at data row "
+                f"{row + 1} (line {row + first_line}); every interaction "
+                f"needs a {role} id. {int(missing.sum())} rows are empty."
+            )
+        out[role] = _numeric_ids(out[role])
+    if "rating" in out:
+        out["rating"] = _to_float(
+            out["rating"], path, wanted["rating"], first_line
+        )
+    if "timestamp" in out:
+        out["timestamp"] = _to_timestamp(
+            out["timestamp"], path, wanted["timestamp"], first_line
+        )
+    else:
+        # Without timestamps, file order stands in for time.
+        out["timestamp"] = out["_row"]
+    return out
+
+
+def _numeric_ids(col: pd.Series) -> pd.Series:
+    """Ids stored as digit strings (parquet, JSON) become integers so that
+    sorting and joins with feature files behave numerically."""
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        if pd.api.types.is_float_dtype(col.dtype) and np.all(
+            np.mod(col.to_numpy(), 1) == 0
+        ):
+            return col.astype(np.int64)
+        return col
+    as_num = pd.to_numeric(col, errors="coerce")
+    if as_num.notna().all() and np.all(np.mod(as_num.to_numpy(), 1) == 0):
+        return as_num.astype(np.int64)
+    return col.astype(str)
+
+
+def _to_float(col: pd.Series, path, name: str, first_line: int):
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{path}: column `{name}` must be numeric; data row {row + 1} "
+            f"(line {row + first_line}) holds {col.iloc[row]!r}. "
+            f"{int(bad.sum())} rows are not numbers."
+        )
+    return values.astype(np.float32)
+
+
+def _to_timestamp(col: pd.Series, path, name: str, first_line: int):
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        bad = col.isna().to_numpy()
+        values = col
+    elif pd.api.types.is_datetime64_any_dtype(col.dtype):
+        bad = col.isna().to_numpy()
+        values = col.astype("int64") // 10**9
+    else:
+        numeric = pd.to_numeric(col, errors="coerce")
+        if numeric.notna().all():
+            bad = np.zeros(len(col), bool)
+            values = numeric
+        else:
+            parsed = pd.to_datetime(col, errors="coerce", utc=True)
+            bad = parsed.isna().to_numpy()
+            values = parsed.astype("int64") // 10**9
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{path}: column `{name}` must hold unix times or dates; data "
+            f"row {row + 1} (line {row + first_line}) holds "
+            f"{col.iloc[row]!r}."
+        )
+    return values.to_numpy().astype(np.int64)
+
+
+def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
+    """Apply the documented duplicate rule to repeated (user, item) rows:
+    `last`/`first` keep the latest/earliest by (timestamp, file row), `max`
+    keeps the highest rating, `sum` adds ratings (latest timestamp), and
+    `error` refuses."""
+    if rule not in DUPLICATE_RULES:
+        raise ValueError(
+            f"`data.duplicates` must be one of {DUPLICATE_RULES}. "
+            f"Received: {rule!r}"
+        )
+    dup = frame.duplicated(["user", "item"], keep=False)
+    if not dup.any():
+        return frame
+    count = int(frame.duplicated(["user", "item"]).sum())
+    if rule == "error":
+        first = frame[dup].sort_values("_row").iloc[0]
+        rows = frame.loc[
+            (frame["user"] == first["user"]) & (frame["item"] == first["item"]),
+            "_row",
+        ].to_numpy()
+        raise ValueError(
+            f"{path}: {count} duplicate (user, item) rows; e.g. user "
+            f"{first['user']!r} and item {first['item']!r} at data rows "
+            f"{(rows + 1).tolist()}. Set `data.duplicates` to one of "
+            f"{DUPLICATE_RULES[:-1]} to resolve them."
+        )
+    logger.info("resolving %d duplicate (user, item) rows by %r", count, rule)
+    if rule == "sum":
+        agg = {"_row": "max", "timestamp": "max"}
+        if "rating" in frame:
+            agg["rating"] = "sum"
+        return frame.groupby(["user", "item"], as_index=False, sort=False).agg(
+            agg
+        )
+    if rule == "max" and "rating" in frame:
+        keys = ["rating", "timestamp", "_row"]
+    else:
+        keys = ["timestamp", "_row"]
+    ordered = frame.sort_values(keys, kind="stable")
+    keep = "first" if rule == "first" else "last"
+    return ordered.drop_duplicates(["user", "item"], keep=keep).sort_values(
+        "_row"
+    )
+
+
+def _k_core(frame: pd.DataFrame, min_user: int, min_item: int):
+    """Drop users and items below the thresholds until nothing changes
+    (removing items can push users under theirs, and back)."""
+    if min_user <= 1 and min_item <= 1:
+        return frame
+    for _ in range(100):
+        before = len(frame)
+        if min_item > 1:
+            counts = frame["item"].map(frame["item"].value_counts())
+            frame = frame[counts.to_numpy() >= min_item]
+        if min_user > 1:
+            counts = frame["user"].map(frame["user"].value_counts())
+            frame = frame[counts.to_numpy() >= min_user]
+        if len(frame) == before:
+            break
+    logger.info(
+        "k-core (users>=%d, items>=%d): rows=%d",
+        min_user,
+        min_item,
+        len(frame),
+    )
+    return frame
+
+
+def _ceil_fraction(n, fraction: float):
+    """ceil(n * fraction) without float error (0.1 * 30 is 3.0000000000000004
+    in floating point, which a plain ceil turns into 4)."""
+    return np.ceil(np.round(np.asarray(n) * fraction, 9)).astype(np.int64)
+
+
+def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
+    if cfg.path is None:
+        return None
+    path = pathlib.Path(cfg.path)
+    frame = read_table(
+        path, cfg.format, cfg.sep, cfg.header, cfg.column_names, cfg.encoding
+    )
+    columns = (
+        [cfg.id_col]
+        + list(cfg.categorical)
+        + list(cfg.multivalued)
+        + list(cfg.numeric)
+        + list(cfg.text)
+    )
+    present = [str(c) for c in frame.columns]
+    for col in columns:
+        if col not in frame.columns:
+            raise ValueError(
+                f"{path}: {kind} feature column `{col}` not found. Columns "
+                f"in the file: {present}."
+            )
+    frame = frame.drop_duplicates(cfg.id_col, keep="last")
+    feature_ids = _numeric_ids(frame[cfg.id_col])
+    index = pd.Index(ids).get_indexer(feature_ids.to_numpy())
+    rows = frame[index >= 0]
+    index = index[index >= 0]
+    n = len(ids)
+    missing = np.ones(n, bool)
+    missing[index] = False
+    blocks, names, stats = [], [], {}
+    for col in cfg.categorical:
+        values = rows[col].astype(str).to_numpy()
+        block, vocab = _one_hot(values, index, n, cfg.max_categories)
+        blocks.append(block)
+        names += [f"{col}={v}" for v in vocab]
+        stats[col] = {"type": "categorical", "vocabulary": vocab}
+    for col in cfg.multivalued:
+        lists = rows[col].fillna("").astype(str).str.split(
+            cfg.multivalued_sep, regex=False
+        )
+        exploded = lists.explode()
+        owner = np.repeat(index, lists.str.len().to_numpy())
+        block, vocab = _one_hot(
+            exploded.to_numpy().astype(str), owner, n, cfg.max_categories
+        )
+        blocks.append(block)
+        names += [f"{col}={v}" for v in vocab]
+        stats[col] = {"type": "multivalued", "vocabulary": vocab}
+    for col in cfg.numeric:
+        values = _to_float(rows[col], path, col, 2 if cfg.header else 1)
+        block, info = _standardise_numeric(values.to_numpy(), index, n)
+        blocks.append(block)
+        names += [col, f"{col}_missing"]
+        stats[col] = {"type": "numeric", **info}
+    for col in cfg.text:
+        block = _hashed_text(rows[col], index, n, cfg.text_buckets)
+        blocks.append(block)
+        names += [f"{col}#{b}" for b in range(cfg.text_buckets)]
+        stats[col] = {"type": "text", "buckets": cfg.text_buckets}
+    blocks.append(missing[:, None].astype(np.float32))
+    names.append("_missing_row")
+    values = np.concatenate(blocks, axis=1).astype(np.float32)
+    logger.info(
+        "%s features from %s: columns=%d, %d of %d %ss have no row",
+        kind,
+        path.name,
+        values.shape[1],
+        int(missing.sum()),
+        n,
+        kind,
+    )
+    return FeatureTable(values=values, names=names, missing=missing,
+                        stats=stats)
+
+
+def _one_hot(values, owner, n, max_categories):
+    counts = pd.Series(values).value_counts(sort=True)
+    counts = counts[counts.index != ""]
+    vocab = sorted(counts.index[:max_categories].tolist())
+    col = pd.Index(vocab).get_indexer(values)
+    ok = col >= 0
+    block = np.zeros((n, len(vocab)), np.float32)
+    block[owner[ok], col[ok]] = 1.0
+    return block, vocab
+
+
+def _standardise_numeric(values, owner, n):
+    finite = np.isfinite(values)
+    v = values[finite].astype(np.float64)
+    use_log = bool(v.size and v.min() >= 0 and _skew(v) > 2.0)
+    if use_log:
+        v = np.log1p(v)
+    mean = float(v.mean()) if v.size else 0.0
+    std = float(v.std()) if v.size and v.std() > 0 else 1.0
+    block = np.zeros((n, 2), np.float32)
+    block[:, 1] = 1.0
+    x = values[finite]
+    x = np.log1p(x) if use_log else x
+    block[owner[finite], 0] = (x - mean) / std
+    block[owner[finite], 1] = 0.0
+    return block, {"mean": mean, "std": std, "log1p": use_log}
+
+
+def _skew(v):
+    std = v.std()
+    return 0.0 if std == 0 else float(np.mean(((v - v.mean()) / std) ** 3))
+
+
+def _hashed_text(col, owner, n, buckets):
+    """Bag of lower-cased words hashed into `buckets` columns, L2-normalised
+    per row. crc32 is stable across processes, unlike Python's `hash`."""
+    tokens = col.fillna("").astype(str).str.lower().str.findall(r"[a-z0-9]+")
+    exploded = tokens.explode().dropna()
+    rows = np.repeat(owner, tokens.str.len().to_numpy())
+    unique, inverse = np.unique(exploded.to_numpy().astype(str),
+                                return_inverse=True)
+    bucket_of = np.array(
+        [zlib.crc32(t.encode()) % buckets for t in unique], np.int64
+    )
+    block = np.zeros((n, buckets), np.float32)
+    np.add.at(block, (rows, bucket_of[inverse]), 1.0)
+    norm = np.linalg.norm(block, axis=1, keepdims=True)
+    return block / np.maximum(norm, 1e-12)
+

@@ -1,0 +1,1 @@
+"""Evaluation: full-ranking metrics, baselines, protocols and statistics."""

@@ -1,0 +1,264 @@
+"""Two-tower retrieval: a user tower and an item tower meet in a dot product.
+
+The user tower embeds the user id, the user's recent items (an embedding bag
+over their history, with the training target hidden so the model learns to
+predict the *next* item rather than to copy the history) and optional user
+features. The item tower embeds the item id and optional item features. Both
+end in an MLP and L2 normalisation, so a score is a cosine similarity.
+
+Three losses: sampled softmax over in-batch negatives with logQ correction
+(default), BPR over sampled negatives, and pointwise MSE on ratings.
+"""
+
+import keras
+from keras import ops
+
+from models.layers import MaskedMeanEmbedding
+from models.layers import MLPTower
+
+LOSSES = ("softmax", "bpr", "mse")
+
+
+@keras.saving.register_keras_serializable(package="recsys")
+class TwoTower(keras.Model):
+    """User tower + item tower scored by a dot product.
+
+    A plain subclass (not functional) because the default loss needs the
+    whole batch: every other item in the batch is a negative for each user.
+
+    Args:
+        num_users: int, number of user indices.
+        num_items: int, number of item indices.
+        embedding_dim: int, width of the output (scoring) embeddings.
+        id_embedding_dim: int, width of the id and history tables.
+        hidden_dims: tuple of ints, MLP widths in each tower.
+        dropout: float in `[0, 1)`, dropout in the towers.
+        l2: float >= 0, L2 penalty on the embedding tables.
+        loss: `"softmax"` (in-batch sampled softmax), `"bpr"` or `"mse"`.
+        temperature: float > 0, divides the cosine logits.
+        use_logq: bool, subtract log sampling probability from in-batch
+            logits (Yi et al. 2019) so popular items are not over-penalised.
+        history_length: int >= 0, items pooled in the user tower (0 = off).
+        num_user_features: int >= 0, width of the user feature vector.
+        num_item_features: int >= 0, width of the item feature vector.
+        seed: optional int for dropout.
+
+    Call arguments:
+        inputs: dict with `"user"` `(batch,)` (and `"history"` `(batch, L)`
+            item+1 ids with 0 as padding, `"user_features"`) for the user
+            side, and/or `"item"` `(batch,)` (and `"item_features"`) for the
+            item side; training batches may add `"neg_item"`
+            `(batch, num_negatives)`, `"neg_item_features"` and
+            `"item_logq"` `(batch,)`.
+
+    Returns:
+        dict with `"user"` and/or `"item"` `(batch, embedding_dim)` and,
+        when negatives are given, `"neg_item"`
+        `(batch, num_negatives, embedding_dim)`.
+
+    References:
+        Yi et al. 2019, Sampling-Bias-Corrected Neural Modeling for Large
+        Corpus Item Recommendations. Covington et al. 2016, Deep Neural
+        Networks for YouTube Recommendations. Rendle et al. 2009, BPR.
+    """
+
+    def __init__(
+        self,
+        num_users,
+        num_items,
+        embedding_dim=64,
+        id_embedding_dim=64,
+        hidden_dims=(256,),
+        dropout=0.1,
+        l2=0.0,
+        loss="softmax",
+        temperature=0.05,
+        use_logq=True,
+        history_length=0,
+        num_user_features=0,
+        num_item_features=0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}. Received: {loss!r}")
+        if temperature <= 0:
+            raise ValueError(
+                f"`temperature` must be > 0. Received: {temperature}"
+            )
+        if num_users < 1 or num_items < 1:
+            raise ValueError(
+                "`num_users` and `num_items` must be >= 1. Received: "
+                f"{num_users}, {num_items}"
+            )
+        # === Config ===
+        self.num_users = num_users
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        self.id_embedding_dim = id_embedding_dim
+        self.hidden_dims = tuple(hidden_dims)
+        self.dropout = dropout
+        self.l2 = l2
+        self.loss_name = loss
+        self.temperature = temperature
+        self.use_logq = use_logq
+        self.history_length = history_length
+        self.num_user_features = num_user_features
+        self.num_item_features = num_item_features
+        self.seed = seed
+
+        # === Layers ===
+        reg = keras.regularizers.L2(l2) if l2 > 0 else None
+        self.user_embedding = keras.layers.Embedding(
+            num_users, id_embedding_dim, embeddings_regularizer=reg,
+            name="user_embedding",
+        )
+        self.item_embedding = keras.layers.Embedding(
+            num_items, id_embedding_dim, embeddings_regularizer=reg,
+            name="item_embedding",
+        )
+        self.history_embedding = (
+            MaskedMeanEmbedding(
+                num_items + 1, id_embedding_dim, embeddings_regularizer=reg,
+                name="history_embedding",
+            )
+            if history_length > 0
+            else None
+        )
+        self.user_feature_proj = (
+            keras.layers.Dense(id_embedding_dim, name="user_feature_proj")
+            if num_user_features > 0
+            else None
+        )
+        self.item_feature_proj = (
+            keras.layers.Dense(id_embedding_dim, name="item_feature_proj")
+            if num_item_features > 0
+            else None
+        )
+        self.user_tower = MLPTower(
+            hidden_dims, embedding_dim, dropout, seed=seed, name="user_tower"
+        )
+        self.item_tower = MLPTower(
+            hidden_dims,
+            embedding_dim,
+            dropout,
+            seed=None if seed is None else seed + 1000,
+            name="item_tower",
+        )
+        self.build()
+
+    def build(self, input_shape=None):
+        d = self.id_embedding_dim
+        self.user_embedding.build((None,))
+        self.item_embedding.build((None,))
+        user_width = d
+        if self.history_embedding is not None:
+            self.history_embedding.build((None, self.history_length))
+            user_width += d
+        if self.user_feature_proj is not None:
+            self.user_feature_proj.build((None, self.num_user_features))
+            user_width += d
+        item_width = d
+        if self.item_feature_proj is not None:
+            self.item_feature_proj.build((None, self.num_item_features))
+            item_width += d
+        self.user_tower.build((None, user_width))
+        self.item_tower.build((None, item_width))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        out = {}
+        if "user" in inputs:
+            out["user"] = self.encode_user(inputs, training=training)
+        if "item" in inputs:
+            out["item"] = self.encode_item(
+                inputs["item"], inputs.get("item_features"), training=training
+            )
+        if "neg_item" in inputs:
+            neg = inputs["neg_item"]
+            feats = inputs.get("neg_item_features")
+            flat_feats = (
+                None
+                if feats is None
+                else ops.reshape(feats, (-1, self.num_item_features))
+            )
+            flat = self.encode_item(
+                ops.reshape(neg, (-1,)), flat_feats, training=training
+            )
+            out["neg_item"] = ops.reshape(
+                flat, (-1, ops.shape(neg)[1], self.embedding_dim)
+            )
+        return out
+
+    def encode_user(self, inputs, training=False):
+        parts = [self.user_embedding(inputs["user"])]
+        if self.history_embedding is not None:
+            parts.append(self.history_embedding(inputs["history"]))
+        if self.user_feature_proj is not None:
+            parts.append(self.user_feature_proj(inputs["user_features"]))
+        return self.user_tower(ops.concatenate(parts, axis=-1), training=training)
+
+    def encode_item(self, item, features=None, training=False):
+        parts = [self.item_embedding(item)]
+        if self.item_feature_proj is not None:
+            parts.append(self.item_feature_proj(features))
+        return self.item_tower(ops.concatenate(parts, axis=-1), training=training)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        u, v = y_pred["user"], y_pred["item"]
+        if self.loss_name == "softmax":
+            logits = ops.matmul(u, ops.transpose(v)) / self.temperature
+            if self.use_logq and "item_logq" in x:
+                logits = logits - ops.cast(x["item_logq"], logits.dtype)[None, :]
+            # The same item twice in a batch is not a negative for itself.
+            item = x["item"]
+            batch = ops.shape(item)[0]
+            same = ops.equal(item[:, None], item[None, :])
+            eye = ops.cast(ops.eye(batch), "bool")
+            clash = ops.logical_and(same, ops.logical_not(eye))
+            logits = ops.where(clash, ops.cast(-1e9, logits.dtype), logits)
+            labels = ops.arange(batch)
+            loss = keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+        elif self.loss_name == "bpr":
+            pos = ops.sum(u * v, axis=-1, keepdims=True)
+            neg = ops.einsum("bd,bnd->bn", u, y_pred["neg_item"])
+            loss = -ops.mean(
+                ops.log_sigmoid((pos - neg) / self.temperature), axis=-1
+            )
+        else:
+            pred = ops.sum(u * v, axis=-1)
+            loss = ops.square(pred - ops.cast(y, pred.dtype))
+        if sample_weight is not None:
+            loss = loss * ops.cast(sample_weight, loss.dtype)
+        total = ops.mean(loss)
+        if self.losses:
+            total = total + ops.sum(ops.stack(self.losses))
+        return total
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "embedding_dim": self.embedding_dim,
+            "id_embedding_dim": self.id_embedding_dim,
+            "hidden_dims": self.hidden_dims,
+            "dropout": self.dropout,
+            "l2": self.l2,
+            "loss": self.loss_name,
+            "temperature": self.temperature,
+            "use_logq": self.use_logq,
+            "history_length": self.history_length,
+            "num_user_features": self.num_user_features,
+            "num_item_features": self.num_item_features,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,805 @@
+"""Fit, evaluate, save and predict for any recommender; defines no model.
+
+The four template actions live here (`train_validation_model`,
+`train_production_model`, `compute_predictions`,
+`exploratory_data_analysis`), plus `benchmark` and `smoke`. Keras model
+families are wrapped by `KerasRecommender`, which gives them the same
+`fit` / `score` / `save` / `load` surface as the baselines in
+`eval/baselines.py`, so evaluation and prediction never special-case a model.
+Only this module and `main.py` read the `Config`.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+import config as config_lib
+import data
+from eval import metrics as metrics_lib
+from eval import stats as stats_lib
+from models.two_tower import TwoTower
+
+logger = logging.getLogger(__name__)
+
+KERAS_MODELS = ("two_tower",)
+TABLE_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10",
+                 "mrr@10")
+
+
+# ---------------------------------------------------------------------------
+# The Keras recommender
+# ---------------------------------------------------------------------------
+
+
+class KerasRecommender:
+    """A Keras model family behind the common Recommender interface.
+
+    Args:
+        model_cfg: `config.ModelConfig`.
+        train_cfg: `config.TrainConfig`.
+        item_features: optional `data.FeatureTable` for the item tower.
+        user_features: optional `data.FeatureTable` for the user tower.
+        ks: cut-offs of the per-epoch validation metrics.
+        memory_budget_mb: bounds the user block scored at once.
+        seed: int.
+    """
+
+    def __init__(
+        self,
+        model_cfg,
+        train_cfg,
+        item_features=None,
+        user_features=None,
+        ks=(10, 20),
+        memory_budget_mb=256,
+        seed=0,
+    ):
+        if model_cfg.name not in KERAS_MODELS:
+            raise ValueError(
+                f"`model.name` must be one of {KERAS_MODELS} for a Keras "
+                f"model. Received: {model_cfg.name!r}"
+            )
+        self.model_cfg = model_cfg
+        self.train_cfg = train_cfg
+        self.item_features = (
+            item_features.values
+            if item_features is not None and model_cfg.use_item_features
+            else None
+        )
+        self.user_features = (
+            user_features.values
+            if user_features is not None and model_cfg.use_user_features
+            else None
+        )
+        self.ks = tuple(ks)
+        self.memory_budget_mb = memory_budget_mb
+        self.seed = seed
+        self.model = None
+        self.history_table = None
+        self.best_epoch = None
+        self.fit_history = {}
+        self._item_cache = None
+
+    # --- Recommender interface -------------------------------------------
+
+    def fit(self, train, valid=None, epochs=None, checkpoint_dir=None):
+        """Train on `train`; with `valid`, stop and select on the full-ranking
+        validation metric (`train.monitor`, e.g. recall@20).
+
+        Returns:
+            dict: per-epoch history (loss, val_* metrics, learning rate).
+        """
+        mc, tc = self.model_cfg, self.train_cfg
+        self.set_history(train)
+        self.model = self._build(train.num_users, train.num_items)
+        self._compile(self.model)
+        counts = train.item_counts()
+        label_range = None
+        if mc.loss == "mse":
+            label_range = (float(train.value.min()), float(train.value.max()))
+        batches = data.InteractionBatches(
+            train,
+            tc.batch_size,
+            seed=self.seed,
+            history=self.history_table,
+            history_dropout=tc.history_dropout,
+            user_features=self.user_features,
+            item_features=self.item_features,
+            num_negatives=tc.num_negatives if mc.loss == "bpr" else 0,
+            sampler=data.negative_sampler(
+                counts, tc.negative_sampling, tc.popularity_alpha
+            ),
+            item_logq=data.item_log_probs(counts) if mc.use_logq else None,
+            label_range=label_range,
+        )
+        epochs = epochs or tc.epochs
+        callbacks = []
+        checkpoint = None
+        with contextlib.ExitStack() as stack:
+            if valid is not None and len(valid):
+                monitor = "val_" + tc.monitor
+                if checkpoint_dir is None:
+                    checkpoint_dir = stack.enter_context(_temp_dir())
+                checkpoint = pathlib.Path(checkpoint_dir) / "best.weights.h5"
+                callbacks = [
+                    RankingMonitor(self, train, valid, self.ks, tc.monitor,
+                                   self.memory_budget_mb),
+                    keras.callbacks.ModelCheckpoint(
+                        str(checkpoint),
+                        monitor=monitor,
+                        mode="max",
+                        save_best_only=True,
+                        save_weights_only=True,
+                    ),
+                    keras.callbacks.EarlyStopping(
+                        monitor=monitor,
+                        mode="max",
+                        patience=tc.early_stopping_patience,
+                    ),
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor=monitor,
+                        mode="max",
+                        factor=tc.reduce_lr_factor,
+                        patience=tc.reduce_lr_patience,
+                        min_lr=tc.min_learning_rate,
+                    ),
+                ]
+            logger.info(
+                "fitting %s: users=%d items=%d examples=%d epochs<=%d "
+                "batch=%d steps/epoch=%d",
+                mc.name,
+                train.num_users,
+                train.num_items,
+                len(train),
+                epochs,
+                tc.batch_size,
+                len(batches),
+            )
+            history = self.model.fit(
+                batches, epochs=epochs, callbacks=callbacks, verbose=tc.verbose
+            )
+            self.fit_history = {
+                k: [float(v) for v in vals]
+                for k, vals in history.history.items()
+            }
+            if checkpoint is not None and checkpoint.exists():
+                scores = self.fit_history["val_" + tc.monitor]
+                self.best_epoch = int(np.argmax(scores)) + 1
+                self.model.load_weights(str(checkpoint))
+                logger.info(
+                    "best epoch %d: val %s=%.4f",
+                    self.best_epoch,
+                    tc.monitor,
+                    max(scores),
+                )
+            else:
+                self.best_epoch = len(self.fit_history.get("loss", [])) or epochs
+        self._item_cache = None
+        return self.fit_history
+
+    def refit_params(self):
+        """What a refit on more data should reuse: the selected epoch."""
+        return {"epochs": self.best_epoch}
+
+    def score(self, user_idx, item_idx=None):
+        """`(len(user_idx), num_items or len(item_idx))` float32 cosines."""
+        user_idx = np.asarray(user_idx, np.int32)
+        items = self.item_embeddings()
+        if item_idx is not None:
+            items = items[np.asarray(item_idx)]
+        users = self.user_embeddings(user_idx)
+        return users @ items.T
+
+    def set_history(self, interactions):
+        """Use these interactions as every user's history at scoring time."""
+        if self.model_cfg.use_history:
+            self.history_table = data.history_matrix(
+                interactions, self.model_cfg.history_length
+            )
+        self._item_cache = None
+
+    # --- embeddings -------------------------------------------------------
+
+    def item_embeddings(self):
+        """`(num_items, embedding_dim)` float32, cached until weights change."""
+        if self._item_cache is None:
+            n = self.model.num_items
+            inputs = {"item": np.arange(n, dtype=np.int32)}
+            if self.item_features is not None:
+                inputs["item_features"] = self.item_features
+            self._item_cache = self._predict(inputs)["item"]
+        return self._item_cache
+
+    def user_embeddings(self, user_idx):
+        inputs = {"user": np.asarray(user_idx, np.int32)}
+        if self.history_table is not None:
+            inputs["history"] = self.history_table[user_idx]
+        if self.user_features is not None:
+            inputs["user_features"] = self.user_features[user_idx]
+        return self._predict(inputs)["user"]
+
+    # --- persistence ------------------------------------------------------
+
+    def save(self, path):
+        """Write `model.keras`, `tables.npz` and `recommender.json` into the
+        folder `path` (created; callers stage it for atomicity)."""
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save(path / "model.keras")
+        tables = {}
+        for name in ("history_table", "item_features", "user_features"):
+            if getattr(self, name) is not None:
+                tables[name] = getattr(self, name)
+        np.savez(path / "tables.npz", **tables)
+        info = {
+            "kind": "keras",
+            "model": config_lib.to_dict(self.model_cfg),
+            "train": config_lib.to_dict(self.train_cfg),
+            "ks": list(self.ks),
+            "memory_budget_mb": self.memory_budget_mb,
+            "seed": self.seed,
+            "best_epoch": self.best_epoch,
+            "backend": keras.backend.backend(),
+        }
+        data.atomic_write_text(path / "recommender.json", json.dumps(info))
+
+    @classmethod
+    def load(cls, path):
+        """Load a saved recommender on any backend. The model is loaded with
+        `compile=False`: an optimizer saved under torch cannot be restored
+        on JAX/TF, and prediction needs none (fit() compiles afresh)."""
+        path = pathlib.Path(path)
+        info = json.loads((path / "recommender.json").read_text())
+        rec = cls(
+            config_lib.from_dict(info["model"], config_lib.ModelConfig),
+            config_lib.from_dict(info["train"], config_lib.TrainConfig),
+            ks=info["ks"],
+            memory_budget_mb=info["memory_budget_mb"],
+            seed=info["seed"],
+        )
+        rec.model = keras.saving.load_model(path / "model.keras", compile=False)
+        with np.load(path / "tables.npz") as tables:
+            for name in tables.files:
+                setattr(rec, name, tables[name])
+        rec.best_epoch = info["best_epoch"]
+        return rec
+
+    # --- private ----------------------------------------------------------
+
+    def _build(self, num_users, num_items):
+        mc = self.model_cfg
+        return TwoTower(
+            num_users=num_users,
+            num_items=num_items,
+            embedding_dim=mc.embedding_dim,
+            id_embedding_dim=mc.id_embedding_dim,
+            hidden_dims=mc.hidden_dims,
+            dropout=mc.dropout,
+            l2=mc.l2,
+            loss=mc.loss,
+            temperature=mc.temperature,
+            use_logq=mc.use_logq,
+            history_length=mc.history_length if mc.use_history else 0,
+            num_user_features=0
+            if self.user_features is None
+            else self.user_features.shape[1],
+            num_item_features=0
+            if self.item_features is None
+            else self.item_features.shape[1],
+            seed=self.seed,
+        )
+
+    def _compile(self, model):
+        tc = self.train_cfg
+        optimizers = {
+            "adam": lambda: keras.optimizers.Adam(tc.learning_rate),
+            "adamw": lambda: keras.optimizers.AdamW(
+                tc.learning_rate, weight_decay=tc.weight_decay
+            ),
+            "sgd": lambda: keras.optimizers.SGD(tc.learning_rate, momentum=0.9),
+        }
+        if tc.optimizer not in optimizers:
+            raise ValueError(
+                f"`train.optimizer` must be one of {sorted(optimizers)}. "
+                f"Received: {tc.optimizer!r}"
+            )
+        # torch.compile on CPU costs more than it saves for models this
+        # small, and is not what `jit_compile` means to Keras users.
+        jit = tc.jit_compile and keras.backend.backend() != "torch"
+        model.compile(optimizer=optimizers[tc.optimizer](), jit_compile=jit)
+
+    def _predict(self, inputs):
+        rows = len(next(iter(inputs.values())))
+        batch = max(1, min(rows, 8192))
+        return self.model.predict(inputs, batch_size=batch, verbose=0)
+
+
+class RankingMonitor(keras.callbacks.Callback):
+    """Adds full-ranking validation metrics (`val_recall@20`, ...) to the
+    epoch logs, so EarlyStopping / ModelCheckpoint / ReduceLROnPlateau can
+    follow what we actually care about rather than the training loss. Must
+    come before those callbacks in the list."""
+
+    def __init__(self, recommender, train, valid, ks, monitor, budget_mb):
+        super().__init__()
+        self.recommender = recommender
+        self.truth = valid.to_csr()
+        self.exclude = train.to_csr()
+        self.ks = ks
+        self.monitor = monitor
+        self.block = metrics_lib.block_size_for(train.num_items, budget_mb)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.recommender._item_cache = None
+        result = metrics_lib.evaluate(
+            self.recommender.score,
+            self.truth,
+            exclude=self.exclude,
+            ks=self.ks,
+            block_size=self.block,
+        )
+        summary = result.summary()
+        if self.monitor not in summary:
+            raise ValueError(
+                f"`train.monitor` {self.monitor!r} is not a computed metric; "
+                f"choose one of {sorted(result.per_user)}."
+            )
+        for name in result.per_user:
+            if name.split("@")[0] in ("recall", "ndcg", "hr", "mrr"):
+                logs["val_" + name] = summary[name]
+        logger.info(
+            "epoch %d: val %s=%.4f ndcg@%d=%.4f",
+            epoch + 1,
+            self.monitor,
+            summary[self.monitor],
+            max(self.ks),
+            summary.get(f"ndcg@{max(self.ks)}", float("nan")),
+        )
+        self.recommender._item_cache = None
+
+
+# ---------------------------------------------------------------------------
+# Building recommenders
+# ---------------------------------------------------------------------------
+
+
+def make_recommender(cfg, dataset):
+    """A fresh, unfitted recommender for `cfg.model.name`."""
+    name = cfg.model.name
+    if name in KERAS_MODELS:
+        return KerasRecommender(
+            cfg.model,
+            cfg.train,
+            item_features=dataset.item_features,
+            user_features=dataset.user_features,
+            ks=cfg.eval.ks,
+            memory_budget_mb=cfg.eval.memory_budget_mb,
+            seed=cfg.seed,
+        )
+    from eval import baselines
+
+    if name not in baselines.BASELINES:
+        raise ValueError(
+            f"Unknown `model.name` {name!r}. Choose one of "
+            f"{sorted(KERAS_MODELS + tuple(baselines.BASELINES))}."
+        )
+    params = dict(cfg.model.baseline_params)
+    return baselines.make_baseline(name, **params)
+
+
+def load_recommender(path):
+    """Load whatever `save()` wrote into the folder `path`."""
+    path = pathlib.Path(path)
+    info_path = path / "recommender.json"
+    if info_path.exists() and json.loads(info_path.read_text()).get(
+        "kind"
+    ) == "keras":
+        return KerasRecommender.load(path)
+    from eval import baselines
+
+    return baselines.load_baseline(path)
+
+
+def evaluate_split(recommender, truth, exclude, cfg, item_popularity=None):
+    """Full-ranking metrics of a fitted recommender on one split."""
+    return metrics_lib.evaluate(
+        recommender.score,
+        truth.to_csr(),
+        exclude=exclude.to_csr(),
+        ks=cfg.eval.ks,
+        block_size=metrics_lib.block_size_for(
+            truth.num_items, cfg.eval.memory_budget_mb
+        ),
+        item_popularity=item_popularity,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Actions
+# ---------------------------------------------------------------------------
+
+
+def train_validation_model(cfg):
+    """Protocol P1 end to end: fit on train with early stopping on the
+    validation ranking metric, refit on train+valid for the chosen number of
+    epochs, report test metrics beside the configured baselines."""
+    dataset = data.load(cfg.data)
+    train, valid, test = data.split(
+        dataset.interactions,
+        cfg.data.split,
+        cfg.data.valid_fraction,
+        cfg.data.test_fraction,
+        seed=cfg.seed,
+    )
+    out = cfg.run_dir / "validation"
+    with staging_dir(out) as stage:
+        write_run_info(cfg, dataset, stage)
+        names = [cfg.model.name] + [
+            b for b in cfg.eval.baselines if b != cfg.model.name
+        ]
+        results, models = {}, {}
+        for name in names:
+            run_cfg = config_lib.override(cfg, [f"model.name={name!r}"])
+            results[name], models[name] = _validate_and_test(
+                run_cfg, dataset, train, valid, test, stage
+            )
+        main_model = models[cfg.model.name]
+        main_model.save(stage / "model")
+        report = {
+            "protocol": "valid: fit on train, mask train; test: refit on "
+            "train+valid with the chosen epochs, mask train+valid",
+            "split": {
+                "method": cfg.data.split,
+                "train": len(train),
+                "valid": len(valid),
+                "test": len(test),
+            },
+            "models": results,
+        }
+        _add_significance(report, cfg)
+        data.atomic_write_text(
+            stage / "metrics.json",
+            json.dumps(report, indent=2, default=_json_default),
+        )
+        table = format_table(results, cfg.eval.ks)
+        data.atomic_write_text(stage / "metrics.md", table + "\n")
+    print(table)
+    for line in report.get("significance", []):
+        print(line)
+    logger.info("wrote %s", out)
+    return report
+
+
+def train_production_model(cfg):
+    """Fit on every interaction with the epoch count the validation run
+    chose, and save the model for `compute_predictions`."""
+    dataset = data.load(cfg.data)
+    metrics_path = cfg.run_dir / "validation" / "metrics.json"
+    epochs = None
+    if cfg.model.name in KERAS_MODELS:
+        if not metrics_path.exists():
+            raise FileNotFoundError(
+                f"{metrics_path} not found: run `python main.py "
+                "train_validation_model` first; the production model reuses "
+                "the epoch count it selects."
+            )
+        report = json.loads(metrics_path.read_text())
+        epochs = report["models"][cfg.model.name].get("best_epoch")
+        if not epochs:
+            raise ValueError(
+                f"{metrics_path} has no best epoch for {cfg.model.name!r}; "
+                "rerun train_validation_model with this model."
+            )
+    out = cfg.run_dir / "production"
+    with staging_dir(out) as stage:
+        write_run_info(cfg, dataset, stage)
+        rec = make_recommender(cfg, dataset)
+        start = time.perf_counter()
+        if epochs:
+            rec.fit(dataset.interactions, None, epochs=epochs)
+        else:
+            rec.fit(dataset.interactions, None)
+        seconds = time.perf_counter() - start
+        rec.save(stage / "model")
+        data.atomic_write_text(
+            stage / "metrics.json",
+            json.dumps(
+                {
+                    "model": cfg.model.name,
+                    "epochs": epochs,
+                    "interactions": len(dataset.interactions),
+                    "fit_seconds": seconds,
+                },
+                indent=2,
+            ),
+        )
+    logger.info(
+        "production model %s: interactions=%d epochs=%s fit=%.1fs -> %s",
+        cfg.model.name,
+        len(dataset.interactions),
+        epochs,
+        seconds,
+        out,
+    )
+
+
+def compute_predictions(cfg):
+    """Top-K unseen items for every user, with raw ids and scores, written
+    atomically to `<run>/recommendations.json`."""
+    model_dir = cfg.run_dir / "production" / "model"
+    if not model_dir.exists():
+        raise FileNotFoundError(
+            f"{model_dir} not found: run `python main.py "
+            "train_production_model` first."
+        )
+    encoders_path = cfg.run_dir / "production" / "encoders.json"
+    encoders = json.loads(encoders_path.read_text())
+    user_ids = np.asarray(encoders["user_ids"])
+    item_ids = np.asarray(encoders["item_ids"])
+    dataset = data.load(cfg.data)
+    if not (
+        np.array_equal(dataset.user_ids, user_ids)
+        and np.array_equal(dataset.item_ids, item_ids)
+    ):
+        raise ValueError(
+            f"The data at {cfg.data.path} no longer matches the production "
+            f"model's id maps ({encoders_path}): retrain with "
+            "train_production_model."
+        )
+    rec = load_recommender(model_dir)
+    start = time.perf_counter()
+    items, scores = recommend(
+        rec,
+        np.arange(len(user_ids)),
+        dataset.interactions.to_csr(),
+        cfg.output.top_k,
+        cfg.eval.memory_budget_mb,
+    )
+    seconds = time.perf_counter() - start
+    recs = {
+        str(user_ids[u]): [
+            {"item": _json_id(item_ids[i]), "score": round(float(s), 6)}
+            for i, s in zip(items[u], scores[u])
+            if np.isfinite(s)
+        ]
+        for u in range(len(user_ids))
+    }
+    payload = {
+        "model": cfg.model.name,
+        "k": cfg.output.top_k,
+        "num_users": len(user_ids),
+        "backend": keras.backend.backend(),
+        "seconds": round(seconds, 3),
+        "recommendations": recs,
+    }
+    path = cfg.run_dir / "recommendations.json"
+    data.atomic_write_text(path, json.dumps(payload))
+    logger.info(
+        "recommendations for users=%d k=%d in %.2fs -> %s",
+        len(user_ids),
+        cfg.output.top_k,
+        seconds,
+        path,
+    )
+    return payload
+
+
+def recommend(rec, users, exclude, k, budget_mb=256, progress=True):
+    """Top-`k` items per user with `exclude`'s items masked, scored in user
+    blocks sized to `budget_mb` and ranked on device with `ops.top_k`; the
+    dense mask exists for one block only, never for users x items."""
+    num_items = exclude.shape[1]
+    block = metrics_lib.block_size_for(num_items, budget_mb)
+    k = min(k, num_items)
+    out_items = np.zeros((len(users), k), np.int64)
+    out_scores = np.zeros((len(users), k), np.float32)
+    bar = keras.utils.Progbar(len(users)) if progress else None
+    for start in range(0, len(users), block):
+        chunk = np.asarray(users[start : start + block])
+        scores = rec.score(chunk)
+        sub = exclude[chunk]
+        rows = np.repeat(np.arange(len(chunk)), np.diff(sub.indptr))
+        mask = np.zeros(scores.shape, bool)
+        mask[rows, sub.indices] = True
+        masked = ops.where(mask, -np.inf, ops.convert_to_tensor(scores))
+        top_scores, top_items = ops.top_k(masked, k)
+        out_items[start : start + len(chunk)] = ops.convert_to_numpy(top_items)
+        out_scores[start : start + len(chunk)] = ops.convert_to_numpy(
+            top_scores
+        )
+        if bar is not None:
+            bar.add(len(chunk))
+    return out_items, out_scores
+
+
+def exploratory_data_analysis(cfg):
+    """Figures and a JSON summary of the raw and the filtered data."""
+    import eda
+
+    dataset = data.load(cfg.data)
+    out = cfg.run_dir / "eda"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = eda.run_eda(dataset.raw, dataset.filtered_frame(), out)
+    logger.info("EDA figures -> %s", out)
+    return summary
+
+
+def smoke(cfg):
+    """A seconds-long end-to-end run (tiny preset) of the four template
+    actions on the shipped data, for installation checks."""
+    tiny = config_lib.tiny()
+    cfg = config_lib.override(
+        tiny,
+        [
+            f"output.runs_dir={str(cfg.output.runs_dir)!r}",
+            f"output.run_name={cfg.output.run_name + '-smoke'!r}",
+            f"seed={cfg.seed}",
+        ],
+    )
+    train_validation_model(cfg)
+    train_production_model(cfg)
+    payload = compute_predictions(cfg)
+    logger.info("smoke run ok on backend=%s", keras.backend.backend())
+    return payload
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def staging_dir(final):
+    """Yield a temporary sibling folder; on success it replaces `final` in
+    two renames, on failure it is deleted and `final` is left untouched."""
+    final = pathlib.Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_run_info(cfg, dataset, folder):
+    """The resolved config and the id encoders, beside every artifact."""
+    folder = pathlib.Path(folder)
+    info = config_lib.to_dict(cfg)
+    info["keras_backend"] = keras.backend.backend()
+    data.atomic_write_text(folder / "config.json", json.dumps(info, indent=2))
+    data.save_encoders(dataset, folder / "encoders.json")
+
+
+def format_table(results, ks):
+    """Markdown table of test metrics (with 95% CIs) and valid recall."""
+    cols = [m for m in TABLE_METRICS if int(m.split("@")[1]) in ks]
+    head = "| model | split | " + " | ".join(cols) + " | fit s |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for name, res in results.items():
+        for split_name in ("valid", "test"):
+            summary = res[split_name]["summary"]
+            cells = []
+            for m in cols:
+                cell = f"{summary[m]:.4f}"
+                ci = res[split_name].get("ci", {}).get(m)
+                if ci:
+                    cell += f" [{ci['low']:.4f}, {ci['high']:.4f}]"
+                cells.append(cell)
+            fit = res.get(f"fit_seconds_{split_name}", float("nan"))
+            lines.append(
+                f"| {name} | {split_name} | " + " | ".join(cells)
+                + f" | {fit:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _validate_and_test(cfg, dataset, train, valid, test, stage):
+    """Fit on train (select on valid), then refit on train+valid and test."""
+    pop_train = train.item_counts()
+    rec = make_recommender(cfg, dataset)
+    start = time.perf_counter()
+    rec.fit(train, valid)
+    fit_valid = time.perf_counter() - start
+    valid_result = evaluate_split(rec, valid, train, cfg, pop_train)
+    refit = getattr(rec, "refit_params", lambda: {})()
+    train_valid = train.concat(valid)
+    rec_test = make_recommender(cfg, dataset)
+    start = time.perf_counter()
+    rec_test.fit(train_valid, None, **refit)
+    fit_test = time.perf_counter() - start
+    test_result = evaluate_split(
+        rec_test, test, train_valid, cfg, train_valid.item_counts()
+    )
+    ci = {
+        m: stats_lib.bootstrap_ci(
+            test_result.per_user[m], cfg.eval.num_bootstrap, seed=cfg.seed
+        )
+        for m in TABLE_METRICS
+        if m in test_result.per_user
+    }
+    logger.info(
+        "%s: valid recall@20=%.4f test ndcg@20=%.4f",
+        cfg.model.name,
+        valid_result.summary().get("recall@20", float("nan")),
+        test_result.summary().get("ndcg@20", float("nan")),
+    )
+    entry = {
+        "valid": valid_result.to_json_dict(),
+        "test": {**test_result.to_json_dict(), "ci": ci},
+        "best_epoch": refit.get("epochs"),
+        "fit_seconds_valid": fit_valid,
+        "fit_seconds_test": fit_test,
+        "history": getattr(rec, "fit_history", {}),
+        "_per_user_test": test_result,
+    }
+    return entry, rec
+
+
+def _add_significance(report, cfg):
+    """Paired test of the main model against each baseline on test, then
+    drop the per-user arrays from the JSON."""
+    models = report["models"]
+    main = models[cfg.model.name]["_per_user_test"]
+    lines = []
+    for name, entry in models.items():
+        other = entry.pop("_per_user_test")
+        if name == cfg.model.name:
+            continue
+        metric = f"ndcg@{max(cfg.eval.ks)}"
+        if not np.array_equal(main.users, other.users):
+            continue
+        result = stats_lib.paired_test(
+            main.per_user[metric], other.per_user[metric], seed=cfg.seed
+        )
+        entry["paired_test_vs_main"] = {
+            k: (bool(v) if isinstance(v, (bool, np.bool_)) else v)
+            for k, v in result.items()
+        }
+        lines.append(
+            stats_lib.describe_difference(
+                result, cfg.model.name, name, metric
+            )
+        )
+    models[cfg.model.name].pop("_per_user_test", None)
+    report["significance"] = lines
+
+
+@contextlib.contextmanager
+def _temp_dir():
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="recsys-ckpt-") as d:
+        yield pathlib.Path(d)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _json_id(value):
+    return value.item() if isinstance(value, np.generic) else value

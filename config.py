@@ -162,23 +162,23 @@ def default() -> Config:
     return Config()
 
 
-def tiny() -> Config:
-    """A seconds-long configuration for tests and smoke runs."""
-    cfg = Config()
-    return override(
-        cfg,
-        [
-            "model.embedding_dim=8",
-            "model.id_embedding_dim=8",
-            "model.hidden_dims=(16,)",
-            "model.history_length=8",
-            "train.epochs=2",
-            "train.batch_size=256",
-            "train.early_stopping_patience=1",
-            "train.verbose=0",
-            "eval.num_bootstrap=50",
-        ],
-    )
+TINY_OVERRIDES = (
+    "model.embedding_dim=8",
+    "model.id_embedding_dim=8",
+    "model.hidden_dims=(16,)",
+    "model.history_length=8",
+    "train.epochs=2",
+    "train.batch_size=1024",
+    "train.early_stopping_patience=1",
+    "train.verbose=0",
+    "eval.num_bootstrap=50",
+)
+
+
+def tiny(cfg: "Config | None" = None) -> Config:
+    """A seconds-long configuration for tests and smoke runs: `cfg` (default
+    settings if None) with a tiny model and two epochs."""
+    return override(cfg or Config(), list(TINY_OVERRIDES))
 
 
 PRESETS = {"default": default, "tiny": tiny}

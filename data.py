@@ -230,7 +230,11 @@ def read_table(
         if fmt == "parquet":
             frame = pd.read_parquet(path)
         elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, encoding=encoding)
+            # dtype=False: pandas would otherwise turn a column named
+            # `timestamp` into datetimes with a guessed unit, unlike csv.
+            frame = pd.read_json(
+                path, lines=True, encoding=encoding, dtype=False
+            )
         else:
             frame = _read_text(path, fmt, sep, header, column_names, encoding)
     except (FileNotFoundError, ValueError):
@@ -315,7 +319,12 @@ def load(cfg) -> Dataset:
         item_ids=item_ids,
         item_features=_load_features(cfg.item_features, item_ids, "item"),
         user_features=_load_features(cfg.user_features, user_ids, "user"),
-        raw=raw.drop(columns="_row"),
+        # Without a timestamp column the file row stood in for time; it is
+        # no time, so `raw` (and EDA's time figures) leave it out.
+        raw=raw.drop(
+            columns=["_row"]
+            + (["timestamp"] if cfg.timestamp_col is None else [])
+        ),
         source=str(path),
     )
 
@@ -598,8 +607,11 @@ def atomic_write_text(path, text: str) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # no stray half-written temp file
 
 
 # ---------------------------------------------------------------------------
@@ -665,6 +677,9 @@ def _standardise(frame, cfg, path) -> pd.DataFrame:
     out["_row"] = np.arange(len(out), dtype=np.int64)
     for role in ("user", "item"):
         missing = out[role].isna().to_numpy()
+        if not pd.api.types.is_numeric_dtype(out[role].dtype):
+            blank = out[role].astype(str).str.strip() == ""
+            missing = missing | blank.to_numpy()
         if missing.any():
             row = int(np.flatnonzero(missing)[0])
             raise ValueError(
@@ -702,9 +717,13 @@ def _numeric_ids(col: pd.Series) -> pd.Series:
     return col.astype(str)
 
 
-def _to_float(col: pd.Series, path, name: str, first_line: int):
+def _to_float(
+    col: pd.Series, path, name: str, first_line: int, allow_missing=False
+):
     values = pd.to_numeric(col, errors="coerce")
     bad = values.isna().to_numpy()
+    if allow_missing:
+        bad = bad & col.notna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
@@ -721,16 +740,23 @@ def _to_timestamp(col: pd.Series, path, name: str, first_line: int):
         values = col
     elif pd.api.types.is_datetime64_any_dtype(col.dtype):
         bad = col.isna().to_numpy()
-        values = col.astype("int64") // 10**9
+        values = _unix_seconds(col)
     else:
         numeric = pd.to_numeric(col, errors="coerce")
-        if numeric.notna().all():
-            bad = np.zeros(len(col), bool)
+        if numeric.notna().any():
+            # Unix times as text; a cell that is no number is the error.
+            bad = numeric.isna().to_numpy()
             values = numeric
         else:
             parsed = pd.to_datetime(col, errors="coerce", utc=True)
+            if parsed.isna().any():
+                # The format is inferred from the first value; a column that
+                # mixes "2020-01-01" and "2020-01-02 10:00" needs per-value.
+                parsed = pd.to_datetime(
+                    col, errors="coerce", utc=True, format="mixed"
+                )
             bad = parsed.isna().to_numpy()
-            values = parsed.astype("int64") // 10**9
+            values = _unix_seconds(parsed)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
@@ -739,6 +765,15 @@ def _to_timestamp(col: pd.Series, path, name: str, first_line: int):
             f"{col.iloc[row]!r}."
         )
     return values.to_numpy().astype(np.int64)
+
+
+def _unix_seconds(col: pd.Series) -> pd.Series:
+    """Datetimes to int64 unix seconds whatever their resolution (pandas 3
+    and pyarrow give `s`/`ms`/`us`, not only `ns`); NaT becomes 0."""
+    if col.dt.tz is None:
+        col = col.dt.tz_localize("UTC")
+    seconds = (col - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.fillna(0).astype(np.int64)
 
 
 def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
@@ -757,13 +792,16 @@ def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
     count = int(frame.duplicated(["user", "item"]).sum())
     if rule == "error":
         first = frame[dup].sort_values("_row").iloc[0]
+        # Read the ids from their own columns: the row Series `first` is
+        # upcast to float when the frame mixes int and float columns.
+        user = frame.at[first.name, "user"]
+        item = frame.at[first.name, "item"]
         rows = frame.loc[
-            (frame["user"] == first["user"]) & (frame["item"] == first["item"]),
-            "_row",
+            (frame["user"] == user) & (frame["item"] == item), "_row"
         ].to_numpy()
         raise ValueError(
             f"{path}: {count} duplicate (user, item) rows; e.g. user "
-            f"{first['user']!r} and item {first['item']!r} at data rows "
+            f"{_plain(user)!r} and item {_plain(item)!r} at data rows "
             f"{(rows + 1).tolist()}. Set `data.duplicates` to one of "
             f"{DUPLICATE_RULES[:-1]} to resolve them."
         )
@@ -784,6 +822,12 @@ def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
     return ordered.drop_duplicates(["user", "item"], keep=keep).sort_values(
         "_row"
     )
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value, so messages read `1`, not
+    `np.int64(1)`."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _k_core(frame: pd.DataFrame, min_user: int, min_item: int):
@@ -811,8 +855,8 @@ def _k_core(frame: pd.DataFrame, min_user: int, min_item: int):
 
 
 def _ceil_fraction(n, fraction: float):
-    """ceil(n * fraction) without float error (0.1 * 30 is 3.0000000000000004
-    in floating point, which a plain ceil turns into 4)."""
+    """ceil(n * fraction) without float error (0.07 * 100 is 7.000000000000001
+    in floating point, which a plain ceil turns into 8)."""
     return np.ceil(np.round(np.asarray(n) * fraction, 9)).astype(np.int64)
 
 
@@ -837,6 +881,11 @@ def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
                 f"{path}: {kind} feature column `{col}` not found. Columns "
                 f"in the file: {present}."
             )
+    frame = frame.reset_index(drop=True)
+    for col in cfg.numeric:
+        frame[col] = _to_float(
+            frame[col], path, col, 2 if cfg.header else 1, allow_missing=True
+        )
     frame = frame.drop_duplicates(cfg.id_col, keep="last")
     feature_ids = _numeric_ids(frame[cfg.id_col])
     index = pd.Index(ids).get_indexer(feature_ids.to_numpy())
@@ -865,8 +914,8 @@ def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
         names += [f"{col}={v}" for v in vocab]
         stats[col] = {"type": "multivalued", "vocabulary": vocab}
     for col in cfg.numeric:
-        values = _to_float(rows[col], path, col, 2 if cfg.header else 1)
-        block, info = _standardise_numeric(values.to_numpy(), index, n)
+        values = rows[col].to_numpy(np.float64)
+        block, info = _standardise_numeric(values, index, n)
         blocks.append(block)
         names += [col, f"{col}_missing"]
         stats[col] = {"type": "numeric", **info}

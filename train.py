@@ -30,6 +30,7 @@ from models.two_tower import TwoTower
 logger = logging.getLogger(__name__)
 
 KERAS_MODELS = ("two_tower",)
+_PREDICT_BATCH = 4096
 TABLE_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10",
                  "mrr@10")
 
@@ -90,16 +91,39 @@ class KerasRecommender:
 
     # --- Recommender interface -------------------------------------------
 
-    def fit(self, train, valid=None, epochs=None, checkpoint_dir=None):
+    def fit(
+        self,
+        train,
+        valid=None,
+        epochs=None,
+        checkpoint_dir=None,
+        warm_start=False,
+    ):
         """Train on `train`; with `valid`, stop and select on the full-ranking
         validation metric (`train.monitor`, e.g. recall@20).
+
+        With `warm_start`, training continues from the current weights (e.g.
+        a model loaded from another backend) instead of a fresh model; the
+        optimizer always starts fresh, since a saved torch optimizer state
+        does not load on JAX/TensorFlow.
 
         Returns:
             dict: per-epoch history (loss, val_* metrics, learning rate).
         """
         mc, tc = self.model_cfg, self.train_cfg
         self.set_history(train)
-        self.model = self._build(train.num_users, train.num_items)
+        reuse = warm_start and self.model is not None
+        if reuse and (self.model.num_users, self.model.num_items) != (
+            train.num_users,
+            train.num_items,
+        ):
+            raise ValueError(
+                "`warm_start` needs the same users and items as the saved "
+                f"model: {(self.model.num_users, self.model.num_items)}. "
+                f"Received: {(train.num_users, train.num_items)}"
+            )
+        if not reuse:
+            self.model = self._build(train.num_users, train.num_items)
         self._compile(self.model)
         counts = train.item_counts()
         label_range = None
@@ -317,9 +341,21 @@ class KerasRecommender:
         model.compile(optimizer=optimizers[tc.optimizer](), jit_compile=jit)
 
     def _predict(self, inputs):
+        # Pad to a power-of-two batch so that every call reuses one of a
+        # few compiled shapes: under XLA each new shape is a new compile,
+        # which costs far more than the padded rows.
         rows = len(next(iter(inputs.values())))
-        batch = max(1, min(rows, 8192))
-        return self.model.predict(inputs, batch_size=batch, verbose=0)
+        batch = min(_PREDICT_BATCH, 1 << max(0, (rows - 1).bit_length()))
+        padded = -(-rows // batch) * batch
+        if padded != rows:
+            inputs = {
+                k: np.concatenate(
+                    [v, np.repeat(v[-1:], padded - rows, axis=0)]
+                )
+                for k, v in inputs.items()
+            }
+        out = self.model.predict(inputs, batch_size=batch, verbose=0)
+        return {k: v[:rows] for k, v in out.items()}
 
 
 class RankingMonitor(keras.callbacks.Callback):
@@ -633,16 +669,12 @@ def exploratory_data_analysis(cfg):
 
 
 def smoke(cfg):
-    """A seconds-long end-to-end run (tiny preset) of the four template
-    actions on the shipped data, for installation checks."""
-    tiny = config_lib.tiny()
+    """A quick end-to-end run of the template actions with a tiny model
+    (the `tiny` preset applied over `cfg`) into `<run_name>-smoke`, for
+    installation checks."""
     cfg = config_lib.override(
-        tiny,
-        [
-            f"output.runs_dir={str(cfg.output.runs_dir)!r}",
-            f"output.run_name={cfg.output.run_name + '-smoke'!r}",
-            f"seed={cfg.seed}",
-        ],
+        config_lib.tiny(cfg),
+        [f"output.run_name={cfg.output.run_name + '-smoke'!r}"],
     )
     train_validation_model(cfg)
     train_production_model(cfg)

@@ -1,0 +1,174 @@
+"""The template actions end to end on a tiny synthetic dataset, on the
+current backend: outputs, recommendations, errors, and atomic run folders."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import config
+import data
+import main
+import train
+from tests.conftest import tiny_config
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def test_validation_production_predictions(tiny_cfg):
+    report = train.train_validation_model(tiny_cfg)
+    run = tiny_cfg.run_dir
+    folder = run / "validation"
+    for name in ("metrics.json", "metrics.md", "config.json",
+                 "encoders.json", "model/model.keras", "model/tables.npz"):
+        assert (folder / name).exists(), name
+    metrics = _read(folder / "metrics.json")
+    assert set(metrics["models"]) == {"two_tower", "most_popular"}
+    tt = metrics["models"]["two_tower"]
+    for split_name in ("valid", "test"):
+        for key in ("recall@10", "ndcg@20", "hr@10", "mrr@10"):
+            assert 0.0 <= tt[split_name]["summary"][key] <= 1.0
+    assert tt["best_epoch"] in (1, 2)
+    assert "ci" in tt["test"] and "ndcg@20" in tt["test"]["ci"]
+    assert report["split"]["train"] + report["split"]["valid"] + report[
+        "split"
+    ]["test"] == 24 * 12
+    saved_cfg = _read(folder / "config.json")
+    assert saved_cfg["train"]["epochs"] == 2
+
+    train.train_production_model(tiny_cfg)
+    prod = _read(run / "production" / "metrics.json")
+    assert prod["epochs"] == tt["best_epoch"]
+    assert prod["interactions"] == 24 * 12
+
+    payload = train.compute_predictions(tiny_cfg)
+    recs = _read(run / "recommendations.json")["recommendations"]
+    assert payload["k"] == tiny_cfg.output.top_k
+    frame = data.load(tiny_cfg.data).filtered_frame()
+    seen = frame.groupby("user")["item"].apply(set)
+    assert len(recs) == 24
+    for user, items in recs.items():
+        ids = [entry["item"] for entry in items]
+        assert len(ids) == tiny_cfg.output.top_k
+        assert not set(ids) & seen[int(user)]  # never recommends seen items
+        scores = [entry["score"] for entry in items]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_production_needs_validation_run(tiny_cfg):
+    with pytest.raises(FileNotFoundError, match="train_validation_model"):
+        train.train_production_model(tiny_cfg)
+
+
+def test_predictions_need_production_run(tiny_cfg):
+    with pytest.raises(FileNotFoundError, match="train_production_model"):
+        train.compute_predictions(tiny_cfg)
+
+
+def test_failed_run_leaves_earlier_outputs_untouched(tiny_cfg, monkeypatch):
+    cfg = config.override(tiny_cfg, ["model.name='most_popular'"])
+    train.train_validation_model(cfg)
+    folder = cfg.run_dir / "validation"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(train, "format_table", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train.train_validation_model(cfg)
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+    leftovers = [p.name for p in cfg.run_dir.iterdir()
+                 if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_bad_data_fails_clearly_and_keeps_outputs(tiny_cfg, tmp_path):
+    cfg = config.override(tiny_cfg, ["model.name='most_popular'"])
+    train.train_validation_model(cfg)
+    metrics = (cfg.run_dir / "validation" / "metrics.json").read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("userId,movieId,rating,timestamp\n1,2,4.0,5\n1,3,oops,6\n")
+    bad_cfg = config.override(cfg, [f"data.path={str(bad)!r}"])
+    with pytest.raises(ValueError, match=r"rating.*row 2 \(line 3\).*oops"):
+        train.train_validation_model(bad_cfg)
+    assert (cfg.run_dir / "validation" / "metrics.json").read_bytes() == metrics
+
+
+def test_keras_recommender_save_load_and_warm_start(tiny_cfg, tmp_path):
+    dataset = data.load(tiny_cfg.data)
+    rec = train.make_recommender(tiny_cfg, dataset)
+    rec.fit(dataset.interactions, None, epochs=1)
+    users = np.arange(dataset.interactions.num_users)
+    rec.save(tmp_path / "saved")
+    loaded = train.load_recommender(tmp_path / "saved")
+    np.testing.assert_allclose(
+        loaded.score(users), rec.score(users), rtol=1e-5, atol=1e-5
+    )
+    history = loaded.fit(dataset.interactions, None, epochs=1,
+                         warm_start=True)
+    assert np.isfinite(history["loss"][0])
+
+
+def test_recommend_masks_and_matches_argsort():
+    class Fixed:
+        def __init__(self, scores):
+            self.scores = scores
+
+        def score(self, user_idx, item_idx=None):
+            return self.scores[user_idx]
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(7, 12)).astype("float32")
+    exclude = sp.csr_matrix((rng.random((7, 12)) < 0.3).astype("float32"))
+    items, top = train.recommend(Fixed(scores), np.arange(7), exclude, k=4,
+                                 budget_mb=1e-4, progress=False)
+    masked = np.where(exclude.toarray() > 0, -np.inf, scores)
+    expected = np.argsort(-masked, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(items, expected)
+    np.testing.assert_allclose(top, np.take_along_axis(masked, expected, 1))
+
+
+def test_unknown_model_name_lists_choices(tiny_cfg):
+    cfg = config.override(tiny_cfg, ["model.name='deepfm'"])
+    dataset = data.load(cfg.data)
+    with pytest.raises(ValueError, match="two_tower"):
+        train.make_recommender(cfg, dataset)
+
+
+def test_cli_help_unknown_action_and_bad_override(capsys):
+    with pytest.raises(SystemExit):
+        main.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for action in main.ACTIONS:
+        assert action in out
+    with pytest.raises(SystemExit):
+        main.parse_args(["fly"])
+    err = capsys.readouterr().err
+    assert "fly" in err and "train_validation_model" in err
+    with pytest.raises(SystemExit, match="train.epoch"):
+        main.main(["smoke", "--set", "train.epoch=3"])
+    with pytest.raises(SystemExit, match="train.epochs"):
+        main.main(["smoke", "--set", "train.epochs='many'"])
+
+
+def test_cli_reports_missing_file_without_traceback(tmp_path):
+    with pytest.raises(SystemExit, match="Data file not found"):
+        main.main(
+            [
+                "train_validation_model",
+                "--set",
+                f"data.path={str(tmp_path / 'nope.csv')!r}",
+                "--set",
+                f"output.runs_dir={str(tmp_path)!r}",
+            ]
+        )
+
+
+def test_tiny_config_helper_is_tiny(tmp_path):
+    cfg = tiny_config(tmp_path)
+    assert cfg.train.epochs == 2 and cfg.data.item_features.path is None

@@ -91,8 +91,9 @@ class ModelConfig:
     loss: str = "softmax"  # softmax|bpr|mse
     temperature: float = 0.05  # softmax temperature, > 0
     use_logq: bool = True  # logQ popularity correction in softmax
+    use_user_id: bool = False  # user tower has a user id embedding
     use_history: bool = True  # user tower pools the user's past items
-    history_length: int = 200  # most recent items pooled, >= 1
+    history_length: int = 50  # most recent items pooled, >= 1
     use_item_features: bool = True  # item tower reads item features
     use_user_features: bool = True  # user tower reads user features
     baseline_params: dict = field(default_factory=dict)  # baselines' kwargs

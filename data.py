@@ -362,6 +362,11 @@ def split(
             raise ValueError(
                 f"`{name}` must lie in [0, 1). Received: {frac}"
             )
+    if method != "leave_last_out" and valid_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            "`valid_fraction` + `test_fraction` must be < 1 so that train "
+            f"keeps data. Received: {valid_fraction} + {test_fraction}"
+        )
     x = interactions
     n = len(x)
     if method == "time_cut":

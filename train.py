@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 KERAS_MODELS = ("two_tower",)
 _PREDICT_BATCH = 4096
-TABLE_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10",
-                 "mrr@10")
+TABLE_METRICS = tuple(
+    f"{m}@{k}" for k in (10, 20) for m in ("recall", "ndcg", "hr", "mrr")
+)
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +313,7 @@ class KerasRecommender:
             temperature=mc.temperature,
             use_logq=mc.use_logq,
             history_length=mc.history_length if mc.use_history else 0,
+            use_user_id=mc.use_user_id,
             num_user_features=0
             if self.user_features is None
             else self.user_features.shape[1],
@@ -441,7 +443,7 @@ def load_recommender(path):
         return KerasRecommender.load(path)
     from eval import baselines
 
-    return baselines.load_baseline(path)
+    return baselines.Baseline.load(path)
 
 
 def evaluate_split(recommender, truth, exclude, cfg, item_popularity=None):
@@ -668,6 +670,48 @@ def exploratory_data_analysis(cfg):
     return summary
 
 
+def benchmark(cfg):
+    """Every model in `eval.benchmark_models` on protocol `eval.protocol`:
+    baselines tuned on small grids, Keras models with early stopping on
+    valid; Markdown, JSON and a bar chart with CIs in
+    `<run>/benchmark-<protocol>/`."""
+    from eval import benchmark as bench
+    from eval import protocols
+
+    protocol = cfg.eval.protocol.lower()
+    split = protocols.load_protocol(protocol)
+    grids = bench.default_baseline_grids(protocol)
+    item_features = None
+    if split.dataset is not None:
+        item_features = split.dataset.item_features
+    candidates = {}
+    for name in cfg.eval.benchmark_models:
+        if name in KERAS_MODELS:
+            candidates[name] = bench.Candidate(
+                factory=_keras_factory(cfg, name, item_features),
+                label=name,
+            )
+        elif name in grids:
+            candidates[name] = grids[name]
+        else:
+            candidates[name] = bench.Candidate.baseline(name)
+    out = cfg.run_dir / f"benchmark-{protocol}"
+    with staging_dir(out) as stage:
+        write_run_info_config(cfg, stage)
+        report = bench.run_benchmark(
+            split,
+            candidates,
+            stage,
+            ks=cfg.eval.ks,
+            select_metric=cfg.train.monitor,
+            num_bootstrap=cfg.eval.num_bootstrap,
+            seed=cfg.seed,
+        )
+    print((out / "benchmark.md").read_text())
+    logger.info("benchmark %s -> %s", protocol, out)
+    return report
+
+
 def smoke(cfg):
     """A quick end-to-end run of the template actions with a tiny model
     (the `tiny` preset applied over `cfg`) into `<run_name>-smoke`, for
@@ -711,11 +755,16 @@ def staging_dir(final):
 
 def write_run_info(cfg, dataset, folder):
     """The resolved config and the id encoders, beside every artifact."""
-    folder = pathlib.Path(folder)
+    write_run_info_config(cfg, folder)
+    data.save_encoders(dataset, pathlib.Path(folder) / "encoders.json")
+
+
+def write_run_info_config(cfg, folder):
     info = config_lib.to_dict(cfg)
     info["keras_backend"] = keras.backend.backend()
-    data.atomic_write_text(folder / "config.json", json.dumps(info, indent=2))
-    data.save_encoders(dataset, folder / "encoders.json")
+    data.atomic_write_text(
+        pathlib.Path(folder) / "config.json", json.dumps(info, indent=2)
+    )
 
 
 def format_table(results, ks):
@@ -815,6 +864,28 @@ def _add_significance(report, cfg):
         )
     models[cfg.model.name].pop("_per_user_test", None)
     report["significance"] = lines
+
+
+def _keras_factory(cfg, name, item_features):
+    """`params -> KerasRecommender` for the benchmark: `epochs` (from a
+    refit) sets `train.epochs`, other keys set `model.*` fields."""
+
+    def factory(params):
+        sets = [f"model.name={name!r}"]
+        for key, value in params.items():
+            section = "train" if key == "epochs" else "model"
+            sets.append(f"{section}.{key}={value!r}")
+        run_cfg = config_lib.override(cfg, sets)
+        return KerasRecommender(
+            run_cfg.model,
+            run_cfg.train,
+            item_features=item_features,
+            ks=run_cfg.eval.ks,
+            memory_budget_mb=run_cfg.eval.memory_budget_mb,
+            seed=run_cfg.seed,
+        )
+
+    return factory
 
 
 @contextlib.contextmanager

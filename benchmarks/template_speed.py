@@ -4,12 +4,14 @@ For every backend in `--backends`, the parent process starts a child process
 (`KERAS_BACKEND` is read once, at `import keras`, so a process cannot switch
 backend) that:
 
-1. loads the shipped data (`data.load(config.DataConfig())`) and splits it
-   with the configured split (protocol P1, per-user chronological);
+1. loads the data (`data.load(cfg.data)`: the shipped MovieLens files
+   unless `--set data.*` says otherwise) and splits it with the configured
+   split (protocol P1: per-user chronological by default);
 2. builds `train.KerasRecommender` from `config.default()` plus `--set`
    overrides, and fits it on train for `--epochs` epochs without validation
    (`valid=None`, `verbose=0`), timing each epoch with a callback. Epoch 1
-   includes tracing / XLA compilation and is reported on its own; "s/epoch"
+   includes tracing / XLA compilation (twice on JAX and TensorFlow: the
+   last, partial batch has a new shape) and is reported on its own; "s/epoch"
    is the mean of the later epochs and examples/s is `len(train)` divided
    by it;
 3. times `train.recommend` for every user with all interactions masked,
@@ -18,11 +20,17 @@ backend) that:
    predict function) is the one reported; a second, warm call is kept in
    the JSON;
 4. reports the parameter count and the peak resident memory of the child
-   (`getrusage(RUSAGE_SELF).ru_maxrss`: data, libraries and model together),
-   as one `RESULT {json}` line on stdout.
+   (`getrusage(RUSAGE_SELF).ru_maxrss`: data, libraries and model together;
+   `keras.utils.set_random_seed`, called as in main.py, imports TensorFlow
+   when it is installed, whatever the backend), as one `RESULT {json}` line
+   on stdout.
 
 The parent prints a table and writes every figure, the command line, the
-machine (cores, load average) and library versions to `--json-out`.
+machine (cores, load average) and library versions to `--json-out`. The
+children inherit the environment, so thread settings such as
+`OMP_NUM_THREADS=1` (torch's intra-op pool) apply to every backend run.
+Timings on a shared machine move with its load: compare runs by the load
+averages recorded beside them.
 
 Example:
     python benchmarks/template_speed.py
@@ -54,17 +62,25 @@ PACKAGES = ("keras", "jax", "jaxlib", "tensorflow", "torch", "numpy")
 TOP_K = 10
 BUDGET_MB = 256
 STDERR_TAIL_LINES = 15
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "XLA_FLAGS",
+)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="template_speed.py",
         description="Per Keras backend: training time per epoch, "
-        "examples/s, peak memory and time to recommend for all users "
-        "(compute_predictions) of the default template model.",
+        "examples/s, peak memory\nand the time to recommend for all users "
+        "(compute_predictions) of the\ndefault template model; each backend "
+        "runs in its own child process.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  python benchmarks/template_speed.py "
-        "--backends jax,torch --set train.batch_size=2048",
+        "--backends jax,torch \\\n      --set train.batch_size=2048",
     )
     parser.add_argument(
         "--backends",
@@ -153,6 +169,8 @@ def run_parent(args, argv):
         "versions: "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
     )
+    if machine["thread_env"]:
+        print(f"thread settings: {machine['thread_env']}")
     results = {}
     for backend in args.backends:
         print(f"running {backend} ...", flush=True)
@@ -273,6 +291,7 @@ def machine_info():
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
+        "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
     }
 
 
@@ -334,8 +353,9 @@ def run_child(args):
     for _ in range(2):
         rec._item_cache = None  # recompute item embeddings like a fresh load
         start = time.perf_counter()
-        train.recommend(rec, users, exclude, k=TOP_K, budget_mb=BUDGET_MB,
-                        progress=False)
+        train.recommend(
+            rec, users, exclude, k=TOP_K, budget_mb=BUDGET_MB, progress=False
+        )
         predict_times.append(time.perf_counter() - start)
 
     result = {
@@ -424,8 +444,10 @@ def _backend_threads(backend):
     if backend == "torch":
         import torch
 
-        return {"intra_op": torch.get_num_threads(),
-                "inter_op": torch.get_num_interop_threads()}
+        return {
+            "intra_op": torch.get_num_threads(),
+            "inter_op": torch.get_num_interop_threads(),
+        }
     if backend == "tensorflow":
         import tensorflow as tf
 

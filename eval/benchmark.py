@@ -146,9 +146,7 @@ def run_benchmark(
     test_mask = protocols.test_exclude(split)
     history = protocols.test_history(split)
     popularity = history.item_counts()
-    bar = _progress_bar(
-        sum(len(c.grid) for c in candidates.values()), progress
-    )
+    bar = _progress_bar(sum(len(c.grid) for c in candidates.values()), progress)
 
     results, per_user, users = {}, {}, None
     for name, candidate in candidates.items():
@@ -559,6 +557,8 @@ def _jsonable(value):
     """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):

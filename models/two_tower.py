@@ -39,6 +39,10 @@ class TwoTower(keras.Model):
         use_logq: bool, subtract log sampling probability from in-batch
             logits (Yi et al. 2019) so popular items are not over-penalised.
         history_length: int >= 0, items pooled in the user tower (0 = off).
+        use_user_id: bool, give the user tower a user id embedding. Off,
+            the user is represented by history and features alone, which
+            generalises better when users have long histories, and serves
+            users unseen in training (fold-in).
         num_user_features: int >= 0, width of the user feature vector.
         num_item_features: int >= 0, width of the item feature vector.
         seed: optional int for dropout.
@@ -75,6 +79,7 @@ class TwoTower(keras.Model):
         temperature=0.05,
         use_logq=True,
         history_length=0,
+        use_user_id=True,
         num_user_features=0,
         num_item_features=0,
         seed=None,
@@ -86,6 +91,11 @@ class TwoTower(keras.Model):
         if temperature <= 0:
             raise ValueError(
                 f"`temperature` must be > 0. Received: {temperature}"
+            )
+        if not use_user_id and history_length < 1 and num_user_features < 1:
+            raise ValueError(
+                "The user tower needs an input: `use_user_id`, "
+                "`history_length` > 0 or `num_user_features` > 0."
             )
         if num_users < 1 or num_items < 1:
             raise ValueError(
@@ -104,15 +114,20 @@ class TwoTower(keras.Model):
         self.temperature = temperature
         self.use_logq = use_logq
         self.history_length = history_length
+        self.use_user_id = use_user_id
         self.num_user_features = num_user_features
         self.num_item_features = num_item_features
         self.seed = seed
 
         # === Layers ===
         reg = keras.regularizers.L2(l2) if l2 > 0 else None
-        self.user_embedding = keras.layers.Embedding(
-            num_users, id_embedding_dim, embeddings_regularizer=reg,
-            name="user_embedding",
+        self.user_embedding = (
+            keras.layers.Embedding(
+                num_users, id_embedding_dim, embeddings_regularizer=reg,
+                name="user_embedding",
+            )
+            if use_user_id
+            else None
         )
         self.item_embedding = keras.layers.Embedding(
             num_items, id_embedding_dim, embeddings_regularizer=reg,
@@ -150,9 +165,11 @@ class TwoTower(keras.Model):
 
     def build(self, input_shape=None):
         d = self.id_embedding_dim
-        self.user_embedding.build((None,))
         self.item_embedding.build((None,))
-        user_width = d
+        user_width = 0
+        if self.user_embedding is not None:
+            self.user_embedding.build((None,))
+            user_width += d
         if self.history_embedding is not None:
             self.history_embedding.build((None, self.history_length))
             user_width += d
@@ -192,7 +209,9 @@ class TwoTower(keras.Model):
         return out
 
     def encode_user(self, inputs, training=False):
-        parts = [self.user_embedding(inputs["user"])]
+        parts = []
+        if self.user_embedding is not None:
+            parts.append(self.user_embedding(inputs["user"]))
         if self.history_embedding is not None:
             parts.append(self.history_embedding(inputs["history"]))
         if self.user_feature_proj is not None:
@@ -254,6 +273,7 @@ class TwoTower(keras.Model):
             "temperature": self.temperature,
             "use_logq": self.use_logq,
             "history_length": self.history_length,
+            "use_user_id": self.use_user_id,
             "num_user_features": self.num_user_features,
             "num_item_features": self.num_item_features,
             "seed": self.seed,

@@ -433,11 +433,11 @@ def test_jsonl_date_strings_and_epoch_numbers(tmp_path):
 
 
 def test_interactions_validate_ranges_and_lengths():
-    with pytest.raises(ValueError, match=r"`user` indices must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"`user` .* in \[0, 2\)"):
         _interactions([0, 2], [0, 1], num_users=2)
     with pytest.raises(ValueError, match=r"`user` indices"):
         _interactions([0, -1], [0, 1], num_users=2)
-    with pytest.raises(ValueError, match=r"`item` indices must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"`item` .* in \[0, 3\)"):
         _interactions([0, 1], [0, 3], num_items=3)
     with pytest.raises(ValueError, match="`item` has 1 rows but `user` has 2"):
         data.Interactions(np.array([0, 1]), np.array([0]), np.ones(2),
@@ -707,10 +707,33 @@ def test_batches_depend_only_on_seed_epoch_idx():
     assert not _same(other[2], first)
 
 
+def test_batch_randomness_is_keyed_by_seed_epoch_idx():
+    """Spell the contract out: the epoch order is
+    `default_rng([seed, epoch]).permutation(n)` and a batch's draws come from
+    `default_rng([seed, epoch, idx])`, so no two batches share state."""
+    x = _random_interactions()
+    sampler = data.negative_sampler(x.item_counts())
+    ds = _batches(x, num_negatives=3, sampler=sampler, seed=11)
+    for epoch in (0, 1):
+        order = np.random.default_rng([11, epoch]).permutation(len(x))
+        for idx in (0, 3):
+            batch, _ = ds[idx]
+            rows = order[idx * 8:(idx + 1) * 8]
+            np.testing.assert_array_equal(batch["item"], x.item[rows])
+            rng = np.random.default_rng([11, epoch, idx])
+            np.testing.assert_array_equal(batch["neg_item"],
+                                          sampler(rng, (8, 3)))
+        ds.on_epoch_end()
+    # Different batches of one epoch draw differently.
+    ds = _batches(x, num_negatives=3, sampler=sampler, shuffle=False)
+    assert not np.array_equal(ds[0][0]["neg_item"], ds[1][0]["neg_item"])
+
+
 def test_each_interaction_once_per_epoch():
     x = _random_interactions()  # 50 rows, unique (user, item)
     ds = _batches(x, batch_size=8)
     assert len(ds) == 7
+    orders = []
     for _ in range(2):
         seen = []
         for idx in range(len(ds)):
@@ -718,7 +741,9 @@ def test_each_interaction_once_per_epoch():
             assert len(label) == (2 if idx == 6 else 8)
             seen += list(zip(batch["user"].tolist(), batch["item"].tolist()))
         assert sorted(seen) == sorted(zip(x.user.tolist(), x.item.tolist()))
+        orders.append(seen)
         ds.on_epoch_end()
+    assert orders[0] != orders[1]  # reshuffled each epoch
 
 
 def test_no_shuffle_keeps_order():
@@ -831,7 +856,8 @@ def test_items_without_feature_row_are_flagged(tmp_path):
     ds = _feature_dataset(tmp_path, categorical=("genre",))
     t = ds.item_features
     assert ds.item_ids.tolist() == [10, 20, 30, 40]
-    assert t.values.shape == (4, t.num_features) and t.values.dtype == np.float32
+    assert t.values.shape == (4, t.num_features)
+    assert t.values.dtype == np.float32
     np.testing.assert_array_equal(t.missing, [False, False, False, True])
     assert t.names[-1] == "_missing_row"
     np.testing.assert_array_equal(t.values[:, -1], [0, 0, 0, 1])
@@ -1061,3 +1087,12 @@ def test_atomic_write_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     assert os.path.exists(path)
+
+
+def test_split_rejects_fractions_leaving_no_train():
+    x = data.Interactions(
+        user=[0, 0, 0], item=[0, 1, 2], value=[1, 1, 1], ts=[1, 2, 3],
+        num_users=1, num_items=3,
+    )
+    with pytest.raises(ValueError, match="train keeps data"):
+        data.split(x, "chrono", valid_fraction=0.5, test_fraction=0.5)

@@ -172,3 +172,14 @@ def test_cli_reports_missing_file_without_traceback(tmp_path):
 def test_tiny_config_helper_is_tiny(tmp_path):
     cfg = tiny_config(tmp_path)
     assert cfg.train.epochs == 2 and cfg.data.item_features.path is None
+
+
+def test_exploratory_data_analysis_writes_figures(tiny_cfg):
+    summary = train.exploratory_data_analysis(tiny_cfg)
+    folder = tiny_cfg.run_dir / "eda"
+    assert (folder / "eda_summary.json").exists()
+    assert summary["raw"]["num_interactions"] == 24 * 12
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert "long_tail.png" in pngs and "interactions_per_user.png" in pngs
+    for name in pngs:
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -88,13 +88,19 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (256,)  # tower MLP widths
     dropout: float = 0.1  # in [0, 1)
     l2: float = 0.0  # L2 penalty on embedding tables
-    loss: str = "softmax"  # softmax|bpr|mse
+    loss: str = "auto"  # auto (two_tower: softmax, ncf: bce)|softmax|bpr|mse|bce
     temperature: float = 0.05  # softmax temperature, > 0
     use_logq: bool = True  # logQ popularity correction in softmax
     use_user_id: bool = False  # user tower has a user id embedding
     use_history: bool = True  # user tower pools the user's past items
     history_length: int = 50  # most recent items pooled, >= 1
     use_item_features: bool = True  # item tower reads item features
+    item_input: str = "id"  # ncf item side: id|features|both
+    gmf_dim: int = 32  # ncf GMF branch width
+    mlp_dims: tuple[int, ...] = (64, 32, 16)  # ncf MLP tower widths
+    pretrain: bool = False  # ncf: start NeuMF from trained GMF and MLP
+    like_threshold: float | None = None  # ncf: rating >= this is label 1
+    dislike_threshold: float | None = None  # ncf: rating <= this is label 0
     use_user_features: bool = True  # user tower reads user features
     baseline_params: dict = field(default_factory=dict)  # baselines' kwargs
 
@@ -132,6 +138,7 @@ class EvalConfig:
         "itemknn",
         "ease",
         "als",
+        "bpr",
         "two_tower",
     )
 

@@ -127,7 +127,7 @@ class Interactions:
 
 FORMATS = ("csv", "tsv", "dat", "parquet", "jsonl")
 DUPLICATE_RULES = ("last", "first", "max", "sum", "error")
-SPLITS = ("chrono", "leave_last_out", "time_cut", "random")
+SPLITS = ("chrono", "leave_last_out", "time_cut", "random", "cold_items")
 PAD = 0  # history slot meaning "no item"; items are stored as index + 1
 
 
@@ -351,6 +351,10 @@ def split(
     - `time_cut`: one global cut: test = the latest `test_fraction` of all
       interactions by time, valid = the `valid_fraction` before.
     - `random`: per user like `chrono`, over a seeded random order.
+    - `cold_items`: a seeded random `test_fraction` of the *items* is held
+      out entirely: all their interactions are test, so they have none in
+      train or valid (cold-start evaluation); the remaining interactions
+      are split per user like `chrono` with `valid_fraction` and no test.
     """
     if method not in SPLITS:
         raise ValueError(
@@ -369,6 +373,24 @@ def split(
         )
     x = interactions
     n = len(x)
+    if method == "cold_items":
+        present = np.flatnonzero(x.item_counts() > 0)
+        rng = np.random.default_rng(seed)
+        num_cold = int(_ceil_fraction(len(present), test_fraction))
+        cold = np.zeros(x.num_items, bool)
+        cold[rng.choice(present, size=num_cold, replace=False)] = True
+        is_cold = cold[x.item]
+        warm = x.select(~is_cold)
+        train, valid, _ = split(warm, "chrono", valid_fraction, 0.0, seed)
+        test = x.select(is_cold)
+        logger.info(
+            "split=cold_items cold items=%d train=%d valid=%d test=%d",
+            num_cold,
+            len(train),
+            len(valid),
+            len(test),
+        )
+        return train, valid, test
     if method == "time_cut":
         order = np.lexsort((x.item, x.user, x.ts))
         rank = np.empty(n, np.int64)
@@ -497,8 +519,8 @@ class InteractionBatches(keras.utils.PyDataset):
         num_negatives: int, sampled negatives per positive (0 = none).
         sampler: `negative_sampler(...)` result, needed with negatives.
         item_logq: optional `(num_items,)` log sampling probabilities.
-        label_range: optional `(low, high)`: labels are ratings rescaled
-            from this range to [-1, 1] (pointwise regression on cosines).
+        labels: optional `(len(interactions),)` float32 target per
+            interaction (see `scaled_labels`, `graded_labels`); default 1.
         shuffle: bool.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.
 
@@ -519,7 +541,7 @@ class InteractionBatches(keras.utils.PyDataset):
         num_negatives=0,
         sampler=None,
         item_logq=None,
-        label_range=None,
+        labels=None,
         shuffle=True,
         **kwargs,
     ):
@@ -544,7 +566,12 @@ class InteractionBatches(keras.utils.PyDataset):
         self.num_negatives = num_negatives
         self.sampler = sampler
         self.item_logq = item_logq
-        self.label_range = label_range
+        if labels is not None and len(labels) != len(interactions):
+            raise ValueError(
+                f"`labels` has {len(labels)} entries for "
+                f"{len(interactions)} interactions."
+            )
+        self.labels = labels
         self.shuffle = shuffle
         self.epoch = 0
         self._order_epoch = None
@@ -581,13 +608,11 @@ class InteractionBatches(keras.utils.PyDataset):
             batch["neg_item"] = neg
             if self.item_features is not None:
                 batch["neg_item_features"] = self.item_features[neg]
-        if self.label_range is not None:
-            low, high = self.label_range
-            value = self.x.value[rows]
-            label = 2.0 * (value - low) / max(high - low, 1e-12) - 1.0
+        if self.labels is not None:
+            label = self.labels[rows]
         else:
             label = np.ones(len(rows), np.float32)
-        return batch, label.astype(np.float32)
+        return batch, np.asarray(label, np.float32)
 
     def _epoch_order(self):
         if self._order_epoch != self.epoch:
@@ -599,6 +624,34 @@ class InteractionBatches(keras.utils.PyDataset):
             )
             self._order_epoch = self.epoch
         return self._order
+
+
+def scaled_labels(value, low=None, high=None) -> np.ndarray:
+    """Ratings rescaled linearly from `[low, high]` (default: their range)
+    to [-1, 1], the range of a cosine score."""
+    value = np.asarray(value, np.float64)
+    low = value.min() if low is None else low
+    high = value.max() if high is None else high
+    return (2.0 * (value - low) / max(high - low, 1e-12) - 1.0).astype(
+        np.float32
+    )
+
+
+def graded_labels(value, like=None, dislike=None) -> np.ndarray:
+    """Graded like/dislike targets in [0, 1] from ratings: 1 at or above
+    `like`, 0 at or below `dislike`, linear in between. With no thresholds
+    every interaction is a like (1.0)."""
+    value = np.asarray(value, np.float64)
+    if like is None and dislike is None:
+        return np.ones(len(value), np.float32)
+    if like is None or dislike is None or not dislike < like:
+        raise ValueError(
+            "Graded labels need `dislike` < `like`. Received: "
+            f"dislike={dislike}, like={like}"
+        )
+    return np.clip((value - dislike) / (like - dislike), 0.0, 1.0).astype(
+        np.float32
+    )
 
 
 def save_encoders(dataset: Dataset, path) -> None:

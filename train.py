@@ -10,6 +10,7 @@ Only this module and `main.py` read the `Config`.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,12 +26,15 @@ import config as config_lib
 import data
 from eval import metrics as metrics_lib
 from eval import stats as stats_lib
+from models.ncf import NCF
 from models.two_tower import TwoTower
 
 logger = logging.getLogger(__name__)
 
-KERAS_MODELS = ("two_tower",)
+KERAS_MODELS = ("two_tower", "ncf")
+DEFAULT_LOSS = {"two_tower": "softmax", "ncf": "bce"}
 _PREDICT_BATCH = 4096
+_PAIR_BUDGET_BYTES = 64 * 2**20  # per predict call of a pairwise scorer
 TABLE_METRICS = tuple(
     f"{m}@{k}" for k in (10, 20) for m in ("recall", "ndcg", "hr", "mrr")
 )
@@ -71,9 +75,19 @@ class KerasRecommender:
             )
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
+        wants_items = (
+            model_cfg.item_input != "id"
+            if model_cfg.name == "ncf"
+            else model_cfg.use_item_features
+        )
+        if model_cfg.name == "ncf" and wants_items and item_features is None:
+            raise ValueError(
+                f"`model.item_input={model_cfg.item_input!r}` needs item "
+                "features: set `data.item_features.path` (or use 'id')."
+            )
         self.item_features = (
             item_features.values
-            if item_features is not None and model_cfg.use_item_features
+            if item_features is not None and wants_items
             else None
         )
         self.user_features = (
@@ -126,24 +140,35 @@ class KerasRecommender:
         if not reuse:
             self.model = self._build(train.num_users, train.num_items)
         self._compile(self.model)
+        if warm_start is False and mc.name == "ncf" and mc.pretrain:
+            self._pretrain_ncf(train, epochs or tc.epochs)
         counts = train.item_counts()
-        label_range = None
-        if mc.loss == "mse":
-            label_range = (float(train.value.min()), float(train.value.max()))
+        loss = self.loss
+        if loss == "mse":
+            labels = data.scaled_labels(train.value)
+        elif loss == "bce":
+            labels = data.graded_labels(
+                train.value, mc.like_threshold, mc.dislike_threshold
+            )
+        else:
+            labels = None
+        two_tower = mc.name == "two_tower"
         batches = data.InteractionBatches(
             train,
             tc.batch_size,
             seed=self.seed,
-            history=self.history_table,
+            history=self.history_table if two_tower else None,
             history_dropout=tc.history_dropout,
-            user_features=self.user_features,
+            user_features=self.user_features if two_tower else None,
             item_features=self.item_features,
-            num_negatives=tc.num_negatives if mc.loss == "bpr" else 0,
+            num_negatives=tc.num_negatives if loss in ("bpr", "bce") else 0,
             sampler=data.negative_sampler(
                 counts, tc.negative_sampling, tc.popularity_alpha
             ),
-            item_logq=data.item_log_probs(counts) if mc.use_logq else None,
-            label_range=label_range,
+            item_logq=data.item_log_probs(counts)
+            if two_tower and mc.use_logq
+            else None,
+            labels=labels,
         )
         epochs = epochs or tc.epochs
         callbacks = []
@@ -214,9 +239,19 @@ class KerasRecommender:
         """What a refit on more data should reuse: the selected epoch."""
         return {"epochs": self.best_epoch}
 
+    @property
+    def loss(self):
+        """The configured loss, with `auto` resolved for the family."""
+        loss = self.model_cfg.loss
+        return DEFAULT_LOSS[self.model_cfg.name] if loss == "auto" else loss
+
     def score(self, user_idx, item_idx=None):
-        """`(len(user_idx), num_items or len(item_idx))` float32 cosines."""
+        """`(len(user_idx), num_items or len(item_idx))` float32 scores:
+        cosines for two-tower (one matrix product), logits for NCF (pairs
+        scored in chunks bounded by `_PAIR_BUDGET_BYTES`)."""
         user_idx = np.asarray(user_idx, np.int32)
+        if self.model_cfg.name == "ncf":
+            return self._score_pairs(user_idx, item_idx)
         items = self.item_embeddings()
         if item_idx is not None:
             items = items[np.asarray(item_idx)]
@@ -299,8 +334,77 @@ class KerasRecommender:
 
     # --- private ----------------------------------------------------------
 
-    def _build(self, num_users, num_items):
+    def _score_pairs(self, user_idx, item_idx=None):
+        items = (
+            np.arange(self.model.num_items, dtype=np.int32)
+            if item_idx is None
+            else np.asarray(item_idx, np.int32)
+        )
+        width = 16 + (
+            0 if self.item_features is None else 4 * self.item_features.shape[1]
+        )
+        pairs = max(len(items), _PAIR_BUDGET_BYTES // width)
+        users_per_chunk = max(1, pairs // len(items))
+        out = np.empty((len(user_idx), len(items)), np.float32)
+        for start in range(0, len(user_idx), users_per_chunk):
+            chunk = user_idx[start : start + users_per_chunk]
+            inputs = {
+                "user": np.repeat(chunk, len(items)),
+                "item": np.tile(items, len(chunk)),
+            }
+            if self.item_features is not None:
+                inputs["item_features"] = self.item_features[inputs["item"]]
+            logits = self._predict(inputs)["logit"]
+            out[start : start + len(chunk)] = logits.reshape(
+                len(chunk), len(items)
+            )
+        return out
+
+    def _pretrain_ncf(self, train, epochs):
+        """He et al. 2017, 3.4.1: train GMF-only and MLP-only models, then
+        start NeuMF from their weights."""
+        parts = {}
+        for branch in ("gmf", "mlp"):
+            sub = KerasRecommender(
+                dataclasses.replace(
+                    self.model_cfg, pretrain=False
+                ),
+                self.train_cfg,
+                ks=self.ks,
+                memory_budget_mb=self.memory_budget_mb,
+                seed=self.seed,
+            )
+            sub.item_features = self.item_features
+            sub.model = sub._build(
+                train.num_users, train.num_items, only=branch
+            )
+            logger.info("pre-training the %s branch", branch.upper())
+            sub.fit(train, None, epochs=epochs, warm_start=True)
+            parts[branch] = sub.model
+        self.model = NCF.from_pretrained(parts["gmf"], parts["mlp"])
+
+    def _build(self, num_users, num_items, only=None):
         mc = self.model_cfg
+        if mc.name == "ncf":
+            num_features = (
+                0 if self.item_features is None
+                else self.item_features.shape[1]
+            )
+            return NCF(
+                num_users=num_users,
+                num_items=num_items,
+                item_input=mc.item_input,
+                num_item_features=num_features,
+                gmf_dim=mc.gmf_dim,
+                mlp_embedding_dim=mc.id_embedding_dim,
+                mlp_dims=mc.mlp_dims,
+                dropout=mc.dropout,
+                l2=mc.l2,
+                use_gmf=only != "mlp",
+                use_mlp=only != "gmf",
+                loss=self.loss,
+                seed=self.seed,
+            )
         return TwoTower(
             num_users=num_users,
             num_items=num_items,
@@ -309,7 +413,7 @@ class KerasRecommender:
             hidden_dims=mc.hidden_dims,
             dropout=mc.dropout,
             l2=mc.l2,
-            loss=mc.loss,
+            loss=self.loss,
             temperature=mc.temperature,
             use_logq=mc.use_logq,
             history_length=mc.history_length if mc.use_history else 0,

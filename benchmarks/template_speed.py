@@ -64,6 +64,8 @@ BUDGET_MB = 256
 STDERR_TAIL_LINES = 15
 THREAD_ENV = (
     "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
     "MKL_NUM_THREADS",
     "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS",
@@ -169,6 +171,11 @@ def run_parent(args, argv):
         "versions: "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
     )
+    if machine["git"]:
+        print(
+            f"git: {machine['git']['commit'][:12]}"
+            + (" (working tree modified)" if machine["git"]["dirty"] else "")
+        )
     if machine["thread_env"]:
         print(f"thread settings: {machine['thread_env']}")
     results = {}
@@ -292,7 +299,9 @@ def machine_info():
         "python": platform.python_version(),
         "versions": versions,
         "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "git": _git_state(),
     }
+
 
 
 # ---------------------------------------------------------------------------
@@ -477,6 +486,28 @@ def _atomic_write(path, text):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _git_state():
+    """The commit measured, and whether the working tree differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
 
 
 def _tail(text, lines=STDERR_TAIL_LINES):

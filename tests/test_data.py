@@ -806,11 +806,23 @@ def test_features_negatives_logq_shapes():
     assert "history" not in batch
 
 
-def test_label_range_rescales_to_minus_one_one():
+def test_scaled_labels_reach_batches():
     x = _interactions([0, 0, 0, 1], [0, 1, 2, 0], value=[1.0, 3.0, 5.0, 2.0])
-    batch, label = _batches(x, label_range=(1.0, 5.0), shuffle=False)[0]
+    labels = data.scaled_labels(x.value, 1.0, 5.0)
+    np.testing.assert_allclose(labels, [-1.0, 0.0, 1.0, -0.5])
+    batch, label = _batches(x, labels=labels, shuffle=False)[0]
     assert label.dtype == np.float32
     np.testing.assert_allclose(label, [-1.0, 0.0, 1.0, -0.5])
+    with pytest.raises(ValueError, match="`labels` has 3 entries"):
+        _batches(x, labels=labels[:3])
+
+
+def test_graded_labels():
+    got = data.graded_labels([1.0, 2.0, 3.0, 4.0, 5.0], like=4.0, dislike=2.0)
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(data.graded_labels([3.0, 1.0]), [1, 1])
+    with pytest.raises(ValueError, match="dislike"):
+        data.graded_labels([1.0], like=2.0, dislike=3.0)
 
 
 def test_batches_errors():
@@ -1096,3 +1108,24 @@ def test_split_rejects_fractions_leaving_no_train():
     )
     with pytest.raises(ValueError, match="train keeps data"):
         data.split(x, "chrono", valid_fraction=0.5, test_fraction=0.5)
+
+
+def test_cold_items_split_holds_out_whole_items():
+    rng = np.random.default_rng(3)
+    n = 400
+    x = data.Interactions(
+        user=rng.integers(0, 20, n), item=rng.integers(0, 50, n),
+        value=np.ones(n), ts=np.arange(n), num_users=20, num_items=50,
+    )
+    train, valid, test = data.split(x, "cold_items", 0.1, 0.2, seed=1)
+    assert len(train) + len(valid) + len(test) == n
+    cold = np.unique(test.item)
+    present = np.unique(x.item)
+    assert len(cold) == int(np.ceil(0.2 * len(present)))
+    assert not np.isin(train.item, cold).any()
+    assert not np.isin(valid.item, cold).any()
+    assert np.isin(x.item[np.isin(x.item, cold)], test.item).all()
+    again = data.split(x, "cold_items", 0.1, 0.2, seed=1)[2]
+    np.testing.assert_array_equal(np.unique(again.item), cold)
+    other = data.split(x, "cold_items", 0.1, 0.2, seed=2)[2]
+    assert not np.array_equal(np.unique(other.item), cold)

@@ -219,6 +219,10 @@ def run_benchmark(
             ks=ks,
             item_popularity=popularity,
         )
+        segments = _segments(
+            model, result, test_truth, test_mask, history, ks, num_bootstrap,
+            seed,
+        )
         del model
         if users is None:
             users = result.users
@@ -245,6 +249,7 @@ def run_benchmark(
             "test": _round_dict(result.summary()),
             "ci": {m: _round_dict(v) for m, v in ci.items()},
             "num_users": result.num_users,
+            "segments": segments,
         }
         logger.info(
             "%s test %s",
@@ -394,6 +399,7 @@ def format_markdown(report: dict) -> str:
                     "- "
                     + stats.describe_difference(test, name, reference, metric)
                 )
+    lines += _segment_lines(report)
     select = report["select_metric"]
     lines += ["", "## Validation grids", ""]
     for name, r in report["models"].items():
@@ -415,6 +421,82 @@ def format_markdown(report: dict) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _segments(model, result, truth, exclude, history, ks, num_bootstrap,
+              seed):
+    """Test N@K and R@K (largest K) with CIs for user and item segments.
+
+    Users: cold = the 20% with the fewest interactions in the history the
+    model was fit on, warm = the rest (a subset of the evaluated users).
+    Items: head / tail = the 20% most / least interacted items of that
+    history; the ground truth is restricted to the segment's items (the
+    ranking is still over the whole catalog), so e.g. tail recall says how
+    much of a user's held-out long-tail items the model found.
+    """
+    k = ks[-1]
+    shown = (f"ndcg@{k}", f"recall@{k}")
+    user_seg = metrics.user_segments(history.user_counts())
+    item_seg = metrics.item_segments(history.item_counts())
+    views = {
+        f"{name} users": result.subset(mask[result.users])
+        for name, mask in (("cold", user_seg["cold"]),
+                           ("warm", user_seg["warm"]))
+    }
+    for name in ("head", "tail"):
+        views[f"{name} items"] = metrics.evaluate(
+            model.score, truth, exclude=exclude, ks=ks,
+            item_mask=item_seg[name],
+        )
+    out = {}
+    for name, view in views.items():
+        entry = {"num_users": view.num_users}
+        for m in shown:
+            values = view.per_user[m]
+            entry[m] = (
+                _round_dict(stats.bootstrap_ci(values, num_bootstrap,
+                                               seed=seed))
+                if len(values)
+                else None
+            )
+        out[name] = entry
+    return out
+
+
+def _segment_lines(report):
+    k = report["ks"][-1]
+    rows = [(n, r) for n, r in report["models"].items() if r.get("segments")]
+    if not rows:
+        return []
+    names = list(rows[0][1]["segments"])
+    lines = [
+        "",
+        f"## Segments (test N@{k} and R@{k}, mean [95% CI])",
+        "",
+        "Cold / warm users: bottom 20% / rest by interactions in the "
+        "history the model was fit on. Head / tail items: top / bottom 20% "
+        "of items by that count; the ground truth is restricted to them.",
+        "",
+        "| method | " + " | ".join(
+            f"{s} (n={rows[0][1]['segments'][s]['num_users']})"
+            for s in names
+        ) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for name, r in rows:
+        cells = []
+        for s in names:
+            seg = r["segments"][s]
+            parts = []
+            for m in (f"ndcg@{k}", f"recall@{k}"):
+                ci = seg.get(m)
+                parts.append(
+                    "n/a" if ci is None
+                    else f"{ci['mean']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]"
+                )
+            cells.append(" / ".join(parts))
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_report(report: dict):

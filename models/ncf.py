@@ -321,8 +321,10 @@ class NCF(keras.Model):
         `(batch, n)` (positive, negative) pairs; `y` is ignored and
         negatives are required.
         """
-        logit = y_pred["logit"]
+        logit = ops.convert_to_tensor(y_pred["logit"])
         neg_logit = y_pred.get("neg_logit")
+        if neg_logit is not None:
+            neg_logit = ops.convert_to_tensor(neg_logit, logit.dtype)
         if self.loss_name == "bce":
             if y is None:
                 target = ops.ones_like(logit)
@@ -348,7 +350,7 @@ class NCF(keras.Model):
             weight = ops.reshape(
                 ops.cast(sample_weight, terms.dtype), (-1, 1)
             )
-            terms = terms * weight
+            pass
         total = ops.mean(terms)
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from data import Interactions
+from eval import baselines
 from eval import benchmark
+from eval import metrics
 from eval import protocols
 
 
@@ -211,3 +213,31 @@ def test_default_grids_hold_the_reference_choices(protocol, chosen):
     assert model.get_config() == {"l2": 250.0}
     with pytest.raises(ValueError, match="`protocol`"):
         benchmark.default_baseline_grids("p9")
+
+
+def test_segments_match_direct_evaluation(refit_report):
+    report, out = refit_report
+    split = _skewed_split(refit=True)
+    history = protocols.test_history(split)
+    segs = report["models"]["most_popular"]["segments"]
+    assert set(segs) == {"cold users", "warm users", "head items",
+                         "tail items"}
+    cold = metrics.user_segments(history.user_counts())["cold"]
+    assert segs["cold users"]["num_users"] + segs["warm users"][
+        "num_users"] == report["num_test_users"]
+    assert segs["cold users"]["num_users"] == int(
+        cold[np.unique(split.test.user)].sum()
+    )
+    # Tail-item ndcg recomputed directly with an item mask.
+    model = baselines.make_baseline("most_popular")
+    model.fit(history)
+    direct = metrics.evaluate(
+        model.score,
+        split.test.to_csr(),
+        exclude=protocols.test_exclude(split),
+        item_mask=metrics.item_segments(history.item_counts())["tail"],
+    )
+    assert segs["tail items"]["ndcg@20"]["mean"] == pytest.approx(
+        direct.summary()["ndcg@20"], abs=1e-4
+    )
+    assert "## Segments" in (out / "benchmark.md").read_text()

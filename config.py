@@ -132,6 +132,7 @@ class EvalConfig:
     num_bootstrap: int = 1000  # resamples for confidence intervals
     baselines: tuple[str, ...] = ("most_popular",)  # shown beside the model
     protocol: str = "p1"  # benchmark protocol: p1|p2
+    cold_item_fraction: float = 0.2  # items held out by evaluate_cold_items
     benchmark_models: tuple[str, ...] = (
         "random",
         "most_popular",

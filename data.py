@@ -500,6 +500,8 @@ def negative_sampler(
 class InteractionBatches(keras.utils.PyDataset):
     """Shuffled training batches for `fit()`, built with vectorised NumPy.
 
+    Every batch holds `batch_size` examples (the last one is filled up with
+    the first examples of the epoch's order, so a few are seen twice).
     Batch `idx` of epoch `e` depends only on `(seed, e, idx)`: the epoch's
     order comes from `default_rng([seed, e])` and the batch's negatives and
     history dropout from `default_rng([seed, e, idx])`. Worker processes
@@ -584,9 +586,13 @@ class InteractionBatches(keras.utils.PyDataset):
         self.epoch += 1
 
     def __getitem__(self, idx):
-        rows = self._epoch_order()[
-            idx * self.batch_size : (idx + 1) * self.batch_size
-        ]
+        order = self._epoch_order()
+        rows = order[idx * self.batch_size : (idx + 1) * self.batch_size]
+        if len(rows) < self.batch_size and len(order) >= self.batch_size:
+            # Fill the last batch from the start of this epoch's order: every
+            # batch then has one shape, which XLA compiles once instead of
+            # twice per fit, and in-batch softmax keeps its full negatives.
+            rows = np.concatenate([rows, order[: self.batch_size - len(rows)]])
         rng = np.random.default_rng([self.seed, self.epoch, idx])
         user = self.x.user[rows]
         item = self.x.item[rows]

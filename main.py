@@ -17,6 +17,7 @@ ACTIONS = {
     "train_production_model": "fit on all data with the selected epochs",
     "compute_predictions": "write recommendations.json for every user",
     "benchmark": "models vs baselines on a protocol (P1/P2), with CIs",
+    "evaluate_cold_items": "rank held-out (never trained) items; cold start",
     "smoke": "seconds-long end-to-end run of the template actions",
 }
 

@@ -560,6 +560,43 @@ class BPR(_MatrixFactorization):
         self._item_factors = np.asarray(model.item_factors, np.float32)
 
 
+class ContentProfile(Baseline):
+    """Content-based scores: cosine between an item's feature vector and
+    the user's profile, the mean of the (L2-normalised) feature vectors of
+    the items in the user's history.
+
+    It needs no interactions for the items it scores, so it is the simple
+    bar for cold-start items (items with no training interactions).
+
+    Args:
+        item_features: `(num_items, F)` float array of item features.
+    """
+
+    def __init__(self, item_features):
+        super().__init__()
+        features = np.asarray(item_features, np.float32)
+        if features.ndim != 2 or not len(features):
+            raise ValueError(
+                "`item_features` must be a non-empty (num_items, F) array. "
+                f"Received shape: {features.shape}"
+            )
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        self.item_features = features / np.maximum(norms, 1e-12)
+
+    def _fit(self, x):
+        if x.shape[1] != len(self.item_features):
+            raise ValueError(
+                f"`item_features` has {len(self.item_features)} rows but the "
+                f"data has {x.shape[1]} items."
+            )
+
+    def _score(self, user_idx):
+        profiles = self._history[user_idx] @ self.item_features
+        norms = np.linalg.norm(profiles, axis=1, keepdims=True)
+        profiles = profiles / np.maximum(norms, 1e-12)
+        return profiles @ self.item_features.T
+
+
 BASELINES = {
     "random": Random,
     "most_popular": MostPopular,

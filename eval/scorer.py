@@ -203,7 +203,12 @@ def evaluate_scorer(
         "brier": float(np.mean(np.square(probs - positive))),
         "calibration": {
             key: [_json_number(v) for v in table[key]]
-            for key in ("bin_edges", "mean_predicted", "observed_rate", "counts")
+            for key in (
+                "bin_edges",
+                "mean_predicted",
+                "observed_rate",
+                "counts",
+            )
         },
     }
     if out_dir is not None:
@@ -557,8 +562,7 @@ def _check_int(value, name, minimum):
         or value < minimum
     ):
         raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received: "
-            f"{name}={value!r}"
+            f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}"
         )
 
 

@@ -347,10 +347,8 @@ class NCF(keras.Model):
                 )
             terms = -ops.log_sigmoid(logit[:, None] - neg_logit)  # (batch, n)
         if sample_weight is not None:
-            weight = ops.reshape(
-                ops.cast(sample_weight, terms.dtype), (-1, 1)
-            )
-            pass
+            weight = ops.reshape(ops.cast(sample_weight, terms.dtype), (-1, 1))
+            terms = terms * weight
         total = ops.mean(terms)
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))
@@ -547,8 +545,10 @@ class NCF(keras.Model):
             for dense, drop in zip(self.mlp_layers, self.mlp_dropouts):
                 h = drop(dense(h), training=training)
             factors.append(h)
-        fused = factors[0] if len(factors) == 1 else ops.concatenate(
-            factors, axis=-1
+        fused = (
+            factors[0]
+            if len(factors) == 1
+            else ops.concatenate(factors, axis=-1)
         )
         return ops.squeeze(self.prediction(fused), axis=-1)
 

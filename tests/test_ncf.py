@@ -57,6 +57,19 @@ def test_output_shapes_for_each_item_input(item_input):
     assert tuple(out["neg_logit"].shape) == (4, 3)
     plain = model(_inputs(batch=4))
     assert set(plain) == {"logit"}
+    # A negative's logit is the logit of its (user, item) pair.
+    x = _inputs(batch=4, negatives=3)
+    flat = {
+        "user": np.repeat(x["user"], 3),
+        "item": x["neg_item"].reshape(-1),
+        "item_features": x["neg_item_features"].reshape(-1, FEATS),
+    }
+    np.testing.assert_allclose(
+        _np(out["neg_logit"]),
+        _np(model.score_pairs(flat)).reshape(4, 3),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_allclose(
         _np(model.score_pairs(_inputs(batch=4))),
         _np(plain["logit"]),
@@ -279,9 +292,7 @@ def test_from_pretrained_rejects_incompatible_models():
     with pytest.raises(ValueError, match="num_items"):
         NCF.from_pretrained(gmf, _model(use_gmf=False, num_items=12))
     with pytest.raises(ValueError, match="item_input"):
-        NCF.from_pretrained(
-            gmf, _model(use_gmf=False, item_input="features")
-        )
+        NCF.from_pretrained(gmf, _model(use_gmf=False, item_input="features"))
     with pytest.raises(ValueError, match="num_item_features"):
         NCF.from_pretrained(
             _model(use_mlp=False, item_input="both"),

@@ -243,6 +243,10 @@ def test_ncf_through_template_actions(tiny_cfg):
                                      "eval.baselines=()"])
     report = train.train_validation_model(cfg)
     assert report["models"]["ncf"]["best_epoch"] in (1, 2)
+    scorer = report["models"]["ncf"]["scorer"]
+    assert scorer["auc_ci"]["low"] <= scorer["auc"] <= scorer["auc_ci"]["high"]
+    folder = cfg.run_dir / "validation" / "scorer"
+    assert (folder / "roc.png").exists() and (folder / "calibration.png").exists()
     train.train_production_model(cfg)
     recs = train.compute_predictions(cfg)["recommendations"]
     assert len(recs) == 24 and all(len(v) == 10 for v in recs.values())

@@ -34,13 +34,14 @@ import numpy as np
 import data, train, config
 cfg = config.from_dict(json.loads(open(sys.argv[1]).read()))
 dataset = data.load(cfg.data)
-rec = train.load_recommender(sys.argv[2])
 users = np.arange(dataset.interactions.num_users)
-items, _ = train.recommend(rec, users, dataset.interactions.to_csr(), 10,
-                           progress=False)
-np.save(sys.argv[3], items)
-history = rec.fit(dataset.interactions, None, epochs=1, warm_start=True)
-print("REFIT_LOSS", history["loss"][0])
+for name in sys.argv[3:]:
+    rec = train.load_recommender(f"{sys.argv[2]}/{name}")
+    items, _ = train.recommend(rec, users, dataset.interactions.to_csr(),
+                               10, progress=False)
+    np.save(f"{sys.argv[2]}/{name}-top10.npy", items)
+    history = rec.fit(dataset.interactions, None, epochs=1, warm_start=True)
+    print("REFIT_LOSS", name, history["loss"][0])
 """
 
 
@@ -74,32 +75,49 @@ def test_cli_smoke_on_this_backend(tiny_cfg):
     assert recs["backend"] == backend and len(recs["recommendations"]) == 24
 
 
-@pytest.mark.skipif(not OTHERS, reason="only one Keras backend installed")
-@pytest.mark.parametrize("other", OTHERS)
-def test_saved_model_loads_on_other_backend(tiny_cfg, tmp_path, other):
+MODELS = ("two_tower", "ncf")
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """Both Keras families trained and saved once on this backend."""
     import config
 
-    dataset = data.load(tiny_cfg.data)
-    rec = train.make_recommender(tiny_cfg, dataset)
-    rec.fit(dataset.interactions, None, epochs=2)
-    rec.save(tmp_path / "model")
+    from tests.conftest import tiny_config
+
+    tmp_path = tmp_path_factory.mktemp("portable")
+    cfg = tiny_config(tmp_path)
+    dataset = data.load(cfg.data)
     users = np.arange(dataset.interactions.num_users)
-    here, _ = train.recommend(rec, users, dataset.interactions.to_csr(), 10,
-                              progress=False)
+    top10 = {}
+    for name in MODELS:
+        run_cfg = config.override(cfg, [f"model.name={name!r}"])
+        rec = train.make_recommender(run_cfg, dataset)
+        rec.fit(dataset.interactions, None, epochs=2)
+        rec.save(tmp_path / name)
+        top10[name], _ = train.recommend(
+            rec, users, dataset.interactions.to_csr(), 10, progress=False
+        )
     cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(json.dumps(config.to_dict(tiny_cfg)))
-    out = tmp_path / f"top10-{other}.npy"
+    cfg_path.write_text(json.dumps(config.to_dict(cfg)))
+    return tmp_path, cfg_path, top10
+
+
+@pytest.mark.skipif(not OTHERS, reason="only one Keras backend installed")
+@pytest.mark.parametrize("other", OTHERS)
+def test_saved_models_load_on_other_backend(saved_models, other):
+    folder, cfg_path, here = saved_models
     result = _run(
-        ["-c", LOAD_SCRIPT, str(cfg_path), str(tmp_path / "model"), str(out)],
-        other,
+        ["-c", LOAD_SCRIPT, str(cfg_path), str(folder), *MODELS], other
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "REFIT_LOSS" in result.stdout
-    there = np.load(out)
-    same_list = np.mean(np.all(here == there, axis=1))
-    overlap = np.mean(
-        [len(set(a) & set(b)) / 10 for a, b in zip(here, there)]
-    )
-    # Float differences across backends may swap near-tied neighbours.
-    assert same_list >= 0.9, (same_list, overlap)
-    assert overlap >= 0.97, (same_list, overlap)
+    for name in MODELS:
+        assert f"REFIT_LOSS {name}" in result.stdout
+        there = np.load(folder / f"{name}-top10.npy")
+        same_list = np.mean(np.all(here[name] == there, axis=1))
+        overlap = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(here[name], there)]
+        )
+        # Float differences across backends may swap near-tied neighbours.
+        assert same_list >= 0.9, (name, same_list, overlap)
+        assert overlap >= 0.97, (name, same_list, overlap)

@@ -620,12 +620,8 @@ def train_validation_model(cfg):
             "models": results,
         }
         _add_significance(report, cfg)
-        data.atomic_write_text(
-            stage / "metrics.json",
-            json.dumps(report, indent=2, default=_json_default),
-        )
         table = format_table(results, cfg.eval.ks)
-        data.atomic_write_text(stage / "metrics.md", table + "\n")
+        _write_report(stage, report, table)
     print(table)
     for line in report.get("significance", []):
         print(line)
@@ -908,12 +904,8 @@ def evaluate_cold_items(cfg):
     out = cfg.run_dir / "cold_items"
     with staging_dir(out) as stage:
         write_run_info_config(cfg, stage)
-        data.atomic_write_text(
-            stage / "metrics.json",
-            json.dumps(report, indent=2, default=_json_default),
-        )
         table = _cold_table(results, cfg.eval.ks)
-        data.atomic_write_text(stage / "metrics.md", table + "\n")
+        _write_report(stage, report, table)
     print(table)
     for line in lines:
         print(line)
@@ -1047,6 +1039,15 @@ def _validate_and_test(cfg, dataset, train, valid, test, stage):
         "_per_user_test": test_result,
     }
     return entry, rec
+
+
+def _write_report(folder, report, table):
+    """`metrics.json` (everything) and `metrics.md` (the table)."""
+    data.atomic_write_text(
+        folder / "metrics.json",
+        json.dumps(report, indent=2, default=_json_default),
+    )
+    data.atomic_write_text(folder / "metrics.md", table + "\n")
 
 
 def _cold_table(results, ks):

@@ -34,6 +34,13 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "large: slow test on real-size data; needs --run-large"
     )
+    # Keras 3.15 converts its tensors with np.array(x, copy=False) under
+    # NumPy 2; harmless, and hundreds of lines per run.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword"
+        ":DeprecationWarning",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

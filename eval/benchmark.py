@@ -9,7 +9,7 @@
    merged with `model.refit_params()` when the tuned model has that method
    (Keras models return e.g. `{"epochs": best_epoch}`);
    P2: keep the model trained on train;
-4. score test with train + valid masked (`protocols.test_exclude`).
+4. score test with train + valid masked (`protocols.exclude_for_test`).
 
 Per-user test metrics give bootstrap confidence intervals and paired tests
 against a reference model (EASE by default), since a gap of a few
@@ -141,10 +141,10 @@ def run_benchmark(
     )
 
     valid_truth = split.valid.to_csr(binary=True)
-    valid_mask = protocols.valid_exclude(split)
+    valid_mask = protocols.exclude_for_valid(split)
     test_truth = split.test.to_csr(binary=True)
-    test_mask = protocols.test_exclude(split)
-    history = protocols.test_history(split)
+    test_mask = protocols.exclude_for_test(split)
+    history = protocols.history_for_test(split)
     popularity = history.item_counts()
     bar = _progress_bar(sum(len(c.grid) for c in candidates.values()), progress)
 

@@ -8,7 +8,7 @@
   forbids redistribution). Tune on valid, report the same model trained on
   train only (`Split.refit = False`), as the paper's code does.
 
-`test_history`, `test_exclude` and `valid_exclude` encode which
+`history_for_test`, `exclude_for_test` and `exclude_for_valid` encode which
 interactions a reported model is fit on and which items are masked, so
 benchmark code never re-derives those rules.
 """
@@ -196,7 +196,7 @@ def load_protocol(name: str, path=None) -> Split:
     return loaders[key](path)
 
 
-def test_history(split: Split):
+def history_for_test(split: Split):
     """Interactions the reported model is fit on and scores from.
 
     train + valid when `split.refit` (P1), train alone otherwise (P2).
@@ -204,12 +204,12 @@ def test_history(split: Split):
     return split.train.concat(split.valid) if split.refit else split.train
 
 
-def test_exclude(split: Split):
+def exclude_for_test(split: Split):
     """Items masked when scoring test: train + valid, in both protocols."""
     return split.train.concat(split.valid).to_csr(binary=True)
 
 
-def valid_exclude(split: Split):
+def exclude_for_valid(split: Split):
     """Items masked when scoring valid while tuning: train."""
     return split.train.to_csr(binary=True)
 

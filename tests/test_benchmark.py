@@ -218,7 +218,7 @@ def test_default_grids_hold_the_reference_choices(protocol, chosen):
 def test_segments_match_direct_evaluation(refit_report):
     report, out = refit_report
     split = _skewed_split(refit=True)
-    history = protocols.test_history(split)
+    history = protocols.history_for_test(split)
     segs = report["models"]["most_popular"]["segments"]
     assert set(segs) == {"cold users", "warm users", "head items",
                          "tail items"}
@@ -234,7 +234,7 @@ def test_segments_match_direct_evaluation(refit_report):
     direct = metrics.evaluate(
         model.score,
         split.test.to_csr(),
-        exclude=protocols.test_exclude(split),
+        exclude=protocols.exclude_for_test(split),
         item_mask=metrics.item_segments(history.item_counts())["tail"],
     )
     assert segs["tail items"]["ndcg@20"]["mean"] == pytest.approx(

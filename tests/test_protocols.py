@@ -117,14 +117,14 @@ def test_real_p1_sizes():
 
 def test_rules_refit():
     split = _tiny_split(refit=True)
-    history = protocols.test_history(split)
+    history = protocols.history_for_test(split)
     assert len(history) == 5
-    exclude = protocols.test_exclude(split).toarray()
+    exclude = protocols.exclude_for_test(split).toarray()
     np.testing.assert_array_equal(
         exclude, [[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 0]]
     )
     np.testing.assert_array_equal(
-        protocols.valid_exclude(split).toarray(),
+        protocols.exclude_for_valid(split).toarray(),
         [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]],
     )
 
@@ -132,8 +132,8 @@ def test_rules_refit():
 def test_rules_no_refit():
     split = _tiny_split(refit=False)
     # History stays train, but train + valid are still masked at test.
-    assert len(protocols.test_history(split)) == 3
-    assert protocols.test_exclude(split).nnz == 5
+    assert len(protocols.history_for_test(split)) == 3
+    assert protocols.exclude_for_test(split).nnz == 5
 
 
 def test_load_protocol_names(tmp_path):

@@ -602,7 +602,10 @@ def train_validation_model(cfg):
         ]
         results, models = {}, {}
         for name in names:
-            run_cfg = config_lib.override(cfg, [f"model.name={name!r}"])
+            # model.baseline_params belong to the main model only.
+            run_cfg = cfg if name == cfg.model.name else config_lib.override(
+                cfg, [f"model.name={name!r}", "model.baseline_params={}"]
+            )
             results[name], models[name] = _validate_and_test(
                 run_cfg, dataset, train, valid, test, stage
             )

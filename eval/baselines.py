@@ -18,6 +18,7 @@ by the caller's user block. `make_baseline(name, **params)` builds one from
 the `BASELINES` registry.
 """
 
+import inspect
 import json
 import logging
 import os
@@ -618,7 +619,17 @@ def make_baseline(name: str, **params) -> Baseline:
         raise ValueError(
             f"`name` must be one of {sorted(BASELINES)}. Received: {name!r}"
         )
-    return BASELINES[name](**params)
+    cls = BASELINES[name]
+    accepted = [
+        p for p in inspect.signature(cls.__init__).parameters if p != "self"
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"Baseline {name!r} takes the parameters {accepted}. "
+            f"Received unknown: {unknown}"
+        )
+    return cls(**params)
 
 
 def _top_k_similarity(

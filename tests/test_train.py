@@ -250,3 +250,15 @@ def test_ncf_through_template_actions(tiny_cfg):
     train.train_production_model(cfg)
     recs = train.compute_predictions(cfg)["recommendations"]
     assert len(recs) == 24 and all(len(v) == 10 for v in recs.values())
+
+
+def test_baseline_params_go_to_the_main_model_only(tiny_cfg):
+    cfg = config.override(
+        tiny_cfg,
+        ["model.name='ease'", "model.baseline_params={'l2': 50.0}"],
+    )
+    report = train.train_validation_model(cfg)
+    assert set(report["models"]) == {"ease", "most_popular"}
+    bad = config.override(cfg, ["model.baseline_params={'lambda_': 1.0}"])
+    with pytest.raises(ValueError, match="takes the parameters.*l2"):
+        train.make_recommender(bad, data.load(bad.data))

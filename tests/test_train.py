@@ -262,3 +262,28 @@ def test_baseline_params_go_to_the_main_model_only(tiny_cfg):
     bad = config.override(cfg, ["model.baseline_params={'lambda_': 1.0}"])
     with pytest.raises(ValueError, match="takes the parameters.*l2"):
         train.make_recommender(bad, data.load(bad.data))
+
+
+def test_benchmark_action_runs_keras_and_baselines(tiny_cfg, monkeypatch):
+    from eval import protocols
+
+    dataset = data.load(tiny_cfg.data)
+    train_, valid, test = data.split(dataset.interactions)
+    split = protocols.Split(
+        train=train_, valid=valid, test=test, name="P1",
+        description="tiny", refit=True, dataset=dataset,
+    )
+    monkeypatch.setattr(protocols, "load_protocol", lambda name: split)
+    cfg = config.override(
+        tiny_cfg,
+        ["eval.benchmark_models=('most_popular', 'two_tower')",
+         "eval.num_bootstrap=20"],
+    )
+    report = train.benchmark(cfg)
+    tt = report["models"]["two_tower"]
+    # The refit reuses the epoch the validation fit selected.
+    assert tt["refit_params"]["epochs"] in (1, 2)
+    assert 0.0 <= tt["test"]["ndcg@20"] <= 1.0
+    assert "segments" in tt
+    out = cfg.run_dir / "benchmark-p1"
+    assert (out / "benchmark.md").exists() and (out / "config.json").exists()

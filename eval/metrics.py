@@ -447,7 +447,7 @@ def auc(labels, scores) -> float:
     Returns:
         float in [0, 1].
     """
-    positive, scores = _validate_pointwise(labels, scores)
+    positive, scores = validate_pointwise(labels, scores)
     num_pos = int(positive.sum())
     num_neg = positive.size - num_pos
     if num_pos == 0 or num_neg == 0:
@@ -473,7 +473,7 @@ def per_user_auc(user, labels, scores):
         negative row, and their AUC (ties count 1/2). Users with one class
         only have no AUC and are left out.
     """
-    positive, scores = _validate_pointwise(labels, scores)
+    positive, scores = validate_pointwise(labels, scores)
     user = np.asarray(user)
     if user.shape != scores.shape or not np.issubdtype(user.dtype, np.integer):
         raise ValueError(
@@ -796,14 +796,15 @@ def _validate_counts(counts, name):
     return counts
 
 
-def _validate_pointwise(labels, scores):
+def validate_pointwise(labels, scores, name="scores"):
+    """Binary labels as bool and finite float64 scores, same 1-D shape."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.ndim != 1 or labels.shape != scores.shape or labels.size == 0:
         raise ValueError(
-            "`labels` and `scores` must be non-empty 1-D arrays of the same "
-            f"length. Received: labels.shape={labels.shape}, "
-            f"scores.shape={scores.shape}"
+            f"`labels` and `{name}` must be non-empty 1-D arrays of the "
+            f"same length. Received: labels.shape={labels.shape}, "
+            f"{name}.shape={scores.shape}"
         )
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(
@@ -812,7 +813,7 @@ def _validate_pointwise(labels, scores):
         )
     if not np.isfinite(scores).all():
         raise ValueError(
-            "`scores` must be finite. Received: "
+            f"`{name}` must be finite. Received: "
             f"{int((~np.isfinite(scores)).sum())} non-finite values."
         )
     return labels.astype(bool), scores

@@ -127,7 +127,7 @@ def calibration(labels, probs, num_bins=10) -> dict:
         `counts` `(num_bins,)` int64, and float `ece` =
         `sum_b counts_b / n * |observed_rate_b - mean_predicted_b|`.
     """
-    positive, probs = _validate_pointwise(labels, probs, "probs")
+    positive, probs = metrics.validate_pointwise(labels, probs, "probs")
     _check_probabilities(probs)
     _check_int(num_bins, "num_bins", minimum=1)
     edges = np.linspace(0.0, 1.0, num_bins + 1)
@@ -512,32 +512,9 @@ def _interaction_fields(interactions):
     return users, items, values, num_users, num_items
 
 
-def _validate_pointwise(labels, scores, name):
-    """Binary labels as bool and finite float64 scores, same 1-D shape."""
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    if labels.ndim != 1 or labels.shape != scores.shape or labels.size == 0:
-        raise ValueError(
-            f"`labels` and `{name}` must be non-empty 1-D arrays of the "
-            f"same length. Received: labels.shape={labels.shape}, "
-            f"{name}.shape={scores.shape}"
-        )
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(
-            "`labels` must be binary (0/1 or bool). Received: values "
-            f"{np.unique(labels)[:5]}"
-        )
-    if not np.isfinite(scores).all():
-        raise ValueError(
-            f"`{name}` must be finite. Received: "
-            f"{int((~np.isfinite(scores)).sum())} non-finite values."
-        )
-    return labels.astype(bool), scores
-
-
 def _validate_binary(labels, scores, name):
-    """`_validate_pointwise`, and both classes present."""
-    positive, scores = _validate_pointwise(labels, scores, name)
+    """`metrics.validate_pointwise`, and both classes present."""
+    positive, scores = metrics.validate_pointwise(labels, scores, name)
     num_pos = int(positive.sum())
     if num_pos == 0 or num_pos == positive.size:
         raise ValueError(

@@ -5,20 +5,57 @@ Keras is imported), seeds everything once, and dispatches. Nothing else.
 """
 
 import argparse
+import dataclasses
+import importlib
 import logging
 import os
 import sys
 
 import config as config_lib
 
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One command of the dispatcher.
+
+    target: "module:function"; the function is called as
+        `function(cfg, **options)` with the action's own options.
+    doc: one line for `--help`.
+    options: `(flag, argparse kwargs)` pairs that only this action accepts,
+        e.g. `("--user", {"help": "raw user id"})`; the keyword passed to the
+        function is argparse's `dest` (e.g. `user`).
+    """
+
+    target: str
+    doc: str
+    options: tuple = ()
+
+
 ACTIONS = {
-    "exploratory_data_analysis": "figures + JSON summary of the data",
-    "train_validation_model": "fit on train, select on valid, report test",
-    "train_production_model": "fit on all data with the selected epochs",
-    "compute_predictions": "write recommendations.json for every user",
-    "benchmark": "models vs baselines on a protocol (P1/P2), with CIs",
-    "evaluate_cold_items": "rank held-out (never trained) items; cold start",
-    "smoke": "seconds-long end-to-end run of the template actions",
+    "exploratory_data_analysis": Action(
+        "train:exploratory_data_analysis", "figures + JSON summary of the data"
+    ),
+    "train_validation_model": Action(
+        "train:train_validation_model",
+        "fit on train, select on valid, report test",
+    ),
+    "train_production_model": Action(
+        "train:train_production_model",
+        "fit on all data with the selected epochs",
+    ),
+    "compute_predictions": Action(
+        "train:compute_predictions",
+        "write recommendations.json for every user",
+    ),
+    "benchmark": Action(
+        "train:benchmark", "models vs baselines on a protocol (P1/P2), with CIs"
+    ),
+    "evaluate_cold_items": Action(
+        "train:evaluate_cold_items",
+        "rank held-out (never trained) items; cold start",
+    ),
+    "smoke": Action(
+        "train:smoke", "seconds-long end-to-end run of the template actions"
+    ),
 }
 
 
@@ -29,7 +66,7 @@ def parse_args(argv):
         "(JAX, TensorFlow or PyTorch backend via KERAS_BACKEND).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="actions:\n"
-        + "\n".join(f"  {name:<28}{doc}" for name, doc in ACTIONS.items())
+        + "\n".join(f"  {name:<28}{a.doc}" for name, a in ACTIONS.items())
         + "\n\nexamples:\n"
         "  python main.py train_validation_model --set train.epochs=5\n"
         "  KERAS_BACKEND=torch python main.py train_validation_model "
@@ -52,12 +89,29 @@ def parse_args(argv):
         help="starting configuration before overrides",
     )
     parser.add_argument("-q", "--quiet", action="store_true")
+    owners = {}
+    for name, action in ACTIONS.items():
+        for flag, kwargs in action.options:
+            if flag not in owners:
+                kwargs = {"default": None, **kwargs}
+                dest = parser.add_argument(flag, **kwargs).dest
+                owners[flag] = (dest, kwargs["default"], [])
+            owners[flag][2].append(name)
     args = parser.parse_args(argv)
     if args.action not in ACTIONS:
         parser.error(
             f"unknown action {args.action!r}; valid actions: "
             + ", ".join(ACTIONS)
         )
+    args.options = {}
+    for flag, (dest, default, names) in owners.items():
+        value = getattr(args, dest)
+        if args.action in names:
+            args.options[dest] = value
+        elif value != default:
+            parser.error(
+                f"{flag} belongs to {', '.join(names)}, not {args.action}"
+            )
     return args
 
 
@@ -78,8 +132,6 @@ def main(argv=None):
 
     import keras
 
-    import train
-
     keras.utils.set_random_seed(cfg.seed)
     logging.getLogger(__name__).info(
         "action=%s backend=%s model=%s",
@@ -87,8 +139,10 @@ def main(argv=None):
         keras.backend.backend(),
         cfg.model.name,
     )
+    module, function = ACTIONS[args.action].target.split(":")
+    run = getattr(importlib.import_module(module), function)
     try:
-        getattr(train, args.action)(cfg)
+        run(cfg, **args.options)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -2,6 +2,7 @@
 current backend: outputs, recommendations, errors, and atomic run folders."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -287,3 +288,25 @@ def test_benchmark_action_runs_keras_and_baselines(tiny_cfg, monkeypatch):
     assert "segments" in tt
     out = cfg.run_dir / "benchmark-p1"
     assert (out / "benchmark.md").exists() and (out / "config.json").exists()
+
+
+def test_cli_action_options_reach_only_their_action(monkeypatch, capsys):
+    calls = []
+    fake = type("M", (), {"run": staticmethod(
+        lambda cfg, user=None, n=3: calls.append((user, n)))})
+    monkeypatch.setitem(sys.modules, "fake_action_module", fake)
+    monkeypatch.setitem(
+        main.ACTIONS,
+        "fake",
+        main.Action(
+            "fake_action_module:run",
+            "test action",
+            (("--user", {}), ("--n", {"type": int, "default": 3})),
+        ),
+    )
+    main.main(["fake", "--user", "7", "--n", "5", "-q"])
+    main.main(["fake", "-q"])
+    assert calls == [("7", 5), (None, 3)]
+    with pytest.raises(SystemExit):
+        main.parse_args(["smoke", "--user", "7"])
+    assert "--user belongs to fake" in capsys.readouterr().err

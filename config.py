@@ -10,6 +10,7 @@ depends on Keras lives here, so this module imports in milliseconds.
 import ast
 import dataclasses
 import json
+import os
 import pathlib
 import types
 import typing
@@ -152,6 +153,211 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Speed and scale: devices, precision, input workers, top-K retrieval.
+
+    `distribution` uses `keras.distribution` and needs the JAX backend (see
+    `distribution.py`; TensorFlow users wrap the model in a
+    `tf.distribute` strategy instead).
+    """
+
+    distribution: str = "none"  # none|data_parallel|model_parallel (JAX)
+    model_parallel: int = 2  # devices on the mesh's `model` axis, >= 1
+    mixed_precision: str = "float32"  # float32|mixed_bfloat16|mixed_float16
+    workers: int = 1  # threads/processes building batches ahead; 1 = inline
+    use_multiprocessing: bool = False  # workers are processes, not threads
+    index: str = "exact"  # top-K: exact (keras.ops.top_k)|flat|ivf|hnsw (FAISS)
+    index_nlist: int = 0  # ivf: inverted lists; 0 = 4 * sqrt(num_items)
+    index_nprobe: int = 16  # ivf: lists visited per query, >= 1
+    hnsw_m: int = 32  # hnsw: graph neighbours per node, >= 2
+    hnsw_ef_search: int = 128  # hnsw: candidate list size per query, >= 1
+    recall_users: int = 1000  # users whose approximate top-K is checked
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP service (`python main.py serve`) over the production model."""
+
+    host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes it
+    port: int = 8000  # TCP port
+    max_k: int = 100  # largest k a request may ask for, >= 1
+    max_batch: int = 256  # users per batch request / items per fold-in
+    use_faiss: bool = False  # retrieve from a FAISS index (vector models)
+    faiss_index: str = "flat"  # flat (exact)|ivf|hnsw; knobs in scale.*
+    reranker: Path | None = None  # another run's model folder; None = off
+    candidates: int = 200  # retrieved items the reranker re-scores, >= 1
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Experiment tracking with MLflow (off by default)."""
+
+    mlflow: bool = False  # log train_* actions to MLflow
+    tracking_uri: str = "file:./mlruns"  # local file store; or a server URL
+    experiment: str = "recsys-keras"  # MLflow experiment name
+
+
+@dataclass(frozen=True)
+class PersonaConfig:
+    """Item personas and the persona reranker (`model.name=persona`)."""
+
+    num_personas: int = 5  # personas per item (K), >= 1
+    generator: str = "data"  # data (clustered audiences)|llm
+    min_persona_users: int = 3  # audience users per persona, >= 1
+    kmeans_iterations: int = 20  # spherical k-means rounds, >= 1
+    svd_dim: int = 64  # user term profiles reduced to this for clustering
+    num_terms: int = 6  # distinctive terms describing a persona, >= 1
+    num_examples: int = 3  # co-liked example items per persona, >= 0
+    interaction_text: tuple[str, ...] = ()  # review text columns of data.path
+    tags_path: Path | None = DATA_DIR / "ml-latest-small" / "tags.csv"  # None
+    tags_item_col: str = "movieId"  # item id column of tags_path
+    tags_col: str = "tag"  # tag text column of tags_path
+    personas_path: Path | None = None  # JSONL to use instead of generating
+    prompt_dir: Path = DATA_DIR.parent / "prompts"  # LLM prompt templates
+    llm_endpoint: str = "http://127.0.0.1:8080/v1"  # OpenAI-compatible base
+    llm_model: str = "gpt-4o-mini"  # model name sent with each request
+    llm_api_key_env: str = "OPENAI_API_KEY"  # env var holding the API key
+    llm_timeout: float = 60.0  # seconds per HTTP request, > 0
+    llm_retries: int = 4  # retries on 429/5xx/network errors, >= 0
+    llm_requests_per_minute: float = 60.0  # client-side rate limit, > 0
+    llm_max_items: int = 0  # most popular items sent to the LLM; 0 = all
+    first_stage: str = "ease"  # candidate generator: any other model.name
+    candidates: int = 100  # M first-stage candidates reranked per user
+    blend_weight: float = 0.5  # persona share of the blended score, [0, 1]
+    aggregation: str = "softmax"  # max|softmax over an item's personas
+    temperature: float = 0.1  # InfoNCE and softmax-aggregation temperature
+    label_smoothing: float = 0.1  # InfoNCE label smoothing, [0, 1)
+    profile_length: int = 20  # N most recent interactions in a profile
+    recency_gamma: float = 0.9  # profile weight gamma^age, age 0 = newest
+    encoder: str = "trainable"  # trainable (hashed words)|minilm (+adapter)
+    minilm_length: int = 64  # MiniLM word pieces kept per text, >= 8
+    embedding_dim: int = 64  # width of profile and persona embeddings
+    hidden_dims: tuple[int, ...] = (128,)  # encoder tower MLP widths
+    dropout: float = 0.1  # in the encoder towers, [0, 1)
+    text_length: int = 32  # words kept per text (trainable encoder)
+    vocab_buckets: int = 16384  # word hash buckets (trainable encoder)
+    target_fraction: float = 0.2  # latest fit interactions used as targets
+    epochs: int = 10  # encoder epochs; early stopping on valid loss
+    batch_size: int = 256  # in-batch negatives per step, >= 2
+    learning_rate: float = 1e-3  # Adam
+
+
+@dataclass(frozen=True)
+class MultimodalConfig:
+    """Item content and the multimodal model (`model.name=multimodal`).
+
+    A path or pattern may start with `{shared}`, the shared datasets folder
+    (`$RECSYS_SHARED`, else `../shared` beside the repository). Text and
+    numeric columns are looked up in `content_path`, then in
+    `data.item_features`; per item the first non-empty value wins.
+    """
+
+    base: str = "two_tower"  # two_tower|ncf: the model it plugs into
+    modalities: tuple[str, ...] = ("text", "image", "numeric")  # used ones
+    content_path: Path | None = Path(
+        "{shared}/datasets/ml-1m/movies_extrainfos.dat"
+    )  # extra item table joined by raw id; None = off
+    content_sep: str | None = None  # None = by suffix (.dat "::", .csv ",")
+    content_column_names: tuple[str, ...] = (
+        "movieId", "title", "year", "rated", "released", "genre",
+        "director", "writer", "actors", "plot", "poster",
+    )  # names for a header-less file; () = first row is the header
+    content_encoding: str = "utf-8"  # text encoding of content_path
+    content_id_col: str = "movieId"  # raw item id column of content_path
+    text_columns: tuple[str, ...] = (
+        "title", "genres", "director", "actors", "plot",
+    )  # joined into one text per item
+    numeric_columns: tuple[str, ...] = ("year",)  # standardised, log1p if skewed
+    image_pattern: str = "{shared}/datasets/ml-1m-posters/{id}.jpg"  # ""=off
+    image_encoder: str = "cnn"  # cnn (trainable)|backbone (frozen, cached)
+    image_size: int = 32  # pixels per side given to the CNN / backbone
+    cnn_filters: tuple[int, ...] = (16, 32, 64)  # CNN channels per stage
+    image_backbone: str = "MobileNetV3Small"  # keras.applications|keras_hub:<x>
+    image_backbone_weights: str | None = "imagenet"  # None = random init
+    text_encoder: str = "minilm"  # minilm (offline MiniLM-L6)|hashed
+    text_sequence_length: int = 128  # MiniLM tokens kept per text
+    hashed_text_dim: int = 384  # width of the hashed text encoder
+    encode_batch_size: int = 64  # items per frozen-encoder forward pass
+    embedding_dim: int = 64  # modality token and fused item vector width
+    fusion: str = "attention"  # attention|gated|concat
+    num_heads: int = 4  # attention heads; must divide embedding_dim
+    projection_dims: tuple[int, ...] = ()  # hidden widths of the projections
+    use_item_id: bool = False  # add an id embedding (useless for cold items)
+    alignment_weight: float = 0.0  # image-text InfoNCE weight; 0 = off
+    alignment_temperature: float = 0.1  # InfoNCE temperature, > 0
+    cache_dir: Path = Path("cache")  # feature cache, relative to the cwd
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Item embeddings -> images (`diffusion/decode.py`): the offline poster
+    autoencoder and the KerasCV Stable Diffusion pipeline with its adapter.
+    """
+
+    decoder: str = "poster_decoder"  # poster_decoder|stable_diffusion
+    posters_dir: Path = Path("{shared}/datasets/ml-1m-posters")  # {id}.jpg
+    cache_dir: Path = Path("cache")  # resized poster stacks, relative to cwd
+    image_height: int = 96  # poster model pixels; multiple of 2**len(filters)
+    image_width: int = 64  # poster model pixels (posters are about 2:3)
+    embedding_dim: int = 128  # poster embedding width, >= 2
+    filters: tuple[int, ...] = (16, 32, 64, 128)  # conv channels per stage
+    latent_noise: float = 0.2  # norm of training noise on unit embeddings
+    ssim_weight: float = 0.2  # loss = MSE + weight * (1 - SSIM), >= 0
+    epochs: int = 15  # poster model epochs; early stopping on valid loss
+    batch_size: int = 64  # posters per step (and per decode batch)
+    learning_rate: float = 1e-3  # poster model Adam learning rate
+    valid_fraction: float = 0.05  # posters held out for early stopping
+    test_fraction: float = 0.1  # posters held out for the reported metrics
+    image_guidance_scales: tuple[float, ...] = (1.0, 3.0, 7.5)  # sweep; 1=off
+    steps: int = 25  # Stable Diffusion DDIM steps per image, >= 1
+    sd_weights: str = "pretrained"  # pretrained (downloaded)|random (offline)
+    sd_height: int = 576  # Stable Diffusion pixels, multiple of 64
+    sd_width: int = 384  # Stable Diffusion pixels, multiple of 64
+    prompt: str = ""  # text encoded beside the embedding; needs CLIP vocab
+    num_context_tokens: int = 4  # adapter tokens replacing the prompt's tail
+    adapter_hidden_dim: int = 1024  # adapter MLP width
+    adapter_epochs: int = 5  # adapter training epochs (frozen SD)
+    adapter_batch_size: int = 4  # posters per adapter step
+    adapter_learning_rate: float = 1e-4  # adapter Adam learning rate
+    cond_drop_prob: float = 0.1  # adapter steps with the empty prompt (CFG)
+    max_posters: int = 0  # adapter training posters, 0 = all
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The user-conditioned diffusion prior over item embeddings
+    (`train_prior`, `generate`, `evaluate_prior`; docs/diffusion.md)."""
+
+    item_embeddings: str = "als"  # als|two_tower|ncf|text|posters|a .npy path
+    item_ids_path: Path | None = None  # raw item id per .npy row; None = index
+    like_threshold: float = 4.0  # rating >= this: score token "like"
+    dislike_threshold: float = 2.0  # rating <= this: "dislike"; between: null
+    timesteps: int = 1000  # diffusion steps T, >= 2
+    schedule: str = "cosine"  # linear|cosine (squaredcos_cap_v2)
+    parameterization: str = "v"  # epsilon|x0|v: what the network predicts
+    num_tokens: int = 4  # tokens the embedding is cut into, in [1, dim]
+    width: int = 128  # transformer width, divisible by num_heads
+    depth: int = 4  # transformer blocks, >= 1
+    num_heads: int = 4  # attention heads
+    conditioning: str = "adaln"  # adaln (AdaLN-Zero)|cross|both
+    p_drop_user: float = 0.1  # P(user -> null user) per example, [0, 1]
+    p_drop_score: float = 0.1  # P(score -> null score) per example, [0, 1]
+    snr_weighting: str = "none"  # none|min_snr (Hang et al. 2023)
+    snr_gamma: float = 5.0  # Min-SNR cap, > 0
+    epochs: int = 100  # upper bound; early stopping on the valid loss
+    batch_size: int = 256  # examples per step
+    learning_rate: float = 1e-3  # Adam
+    sampler: str = "ddim"  # ddim|ddpm (respaced to sampling_steps)
+    sampling_steps: int = 50  # reverse steps, in [1, timesteps]
+    eta: float = 0.0  # DDIM noise: 0 deterministic, 1 DDPM variance
+    guidance_scale: float = 3.0  # s in eps_u + s (eps_c - eps_u), >= 0
+    sweep_scales: tuple[float, ...] = (0.0, 1.0, 3.0, 5.0, 7.0, 10.0)  # eval
+    eval_users: int = 200  # users sampled by evaluate_prior; 0 = all
+    samples_per_user: int = 8  # embeddings per user in evaluate_prior
+    random_users: int = 10  # other users scoring each sample (NCF check)
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 42
     backend: str = "jax"  # used only when KERAS_BACKEND is unset
@@ -160,6 +366,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    persona: PersonaConfig = field(default_factory=PersonaConfig)
+    multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -190,7 +403,33 @@ def tiny(cfg: "Config | None" = None) -> Config:
     return override(cfg or Config(), list(TINY_OVERRIDES))
 
 
-PRESETS = {"default": default, "tiny": tiny}
+def shared_datasets() -> Path:
+    """The shared datasets folder: `$RECSYS_SHARED/datasets`, else
+    `../shared/datasets` beside the repository."""
+    root = os.environ.get("RECSYS_SHARED")
+    return (Path(root) if root else DATA_DIR.parents[1] / "shared") / "datasets"
+
+
+def amazon(cfg: "Config | None" = None) -> Config:
+    """Amazon Musical Instruments 5-core reviews (He & McAuley 2016) from
+    the shared datasets folder, with review text for personas."""
+    path = shared_datasets() / "amazon-musical-instruments"
+    return override(
+        cfg or Config(),
+        [
+            f"data.path={str(path / 'Musical_Instruments.json')!r}",
+            "data.user_col=reviewerID",
+            "data.item_col=asin",
+            "data.rating_col=overall",
+            "data.timestamp_col=unixReviewTime",
+            "data.item_features.path=None",
+            "persona.interaction_text=('summary', 'reviewText')",
+            "persona.tags_path=None",
+        ],
+    )
+
+
+PRESETS = {"default": default, "tiny": tiny, "amazon": amazon}
 
 
 def override(cfg: Config, assignments: list[str]) -> Config:

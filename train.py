@@ -24,14 +24,17 @@ from keras import ops
 
 import config as config_lib
 import data
+import distribution as distribution_lib
+import tracking
 from eval import metrics as metrics_lib
 from eval import stats as stats_lib
+from models.multimodal import MultimodalItemEncoder
 from models.ncf import NCF
 from models.two_tower import TwoTower
 
 logger = logging.getLogger(__name__)
 
-KERAS_MODELS = ("two_tower", "ncf")
+KERAS_MODELS = ("two_tower", "ncf", "multimodal")
 DEFAULT_LOSS = {"two_tower": "softmax", "ncf": "bce"}
 _PREDICT_BATCH = 4096
 _PAIR_BUDGET_BYTES = 64 * 2**20  # per predict call of a pairwise scorer
@@ -51,11 +54,17 @@ class KerasRecommender:
     Args:
         model_cfg: `config.ModelConfig`.
         train_cfg: `config.TrainConfig`.
-        item_features: optional `data.FeatureTable` for the item tower.
+        item_features: optional `data.FeatureTable` for the item tower
+            (for `multimodal`: `item_content.build_item_features`'s table,
+            whose `stats["layout"]` sizes the item encoder).
         user_features: optional `data.FeatureTable` for the user tower.
         ks: cut-offs of the per-epoch validation metrics.
         memory_budget_mb: bounds the user block scored at once.
         seed: int.
+        multimodal_cfg: `config.MultimodalConfig` for `multimodal` (its
+            `base` picks the two-tower or NCF family).
+        scale_cfg: `config.ScaleConfig`: devices, precision and batch
+            workers for `fit` (default: one device, float32, inline).
     """
 
     def __init__(
@@ -67,6 +76,8 @@ class KerasRecommender:
         ks=(10, 20),
         memory_budget_mb=256,
         seed=0,
+        multimodal_cfg=None,
+        scale_cfg=None,
     ):
         if model_cfg.name not in KERAS_MODELS:
             raise ValueError(
@@ -75,10 +86,34 @@ class KerasRecommender:
             )
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
+        self.scale_cfg = scale_cfg or config_lib.ScaleConfig()
+        self.multimodal_cfg = multimodal_cfg or config_lib.MultimodalConfig()
+        # The model family: multimodal plugs into two-tower or NCF.
+        self.family = (
+            self.multimodal_cfg.base
+            if model_cfg.name == "multimodal"
+            else model_cfg.name
+        )
+        if self.family not in ("two_tower", "ncf"):
+            raise ValueError(
+                "`multimodal.base` must be 'two_tower' or 'ncf'. Received: "
+                f"{self.family!r}"
+            )
+        self.item_layout = None
+        if model_cfg.name == "multimodal":
+            if item_features is None or "layout" not in item_features.stats:
+                raise ValueError(
+                    "`model.name='multimodal'` needs the item content "
+                    "table of `item_content.build_item_features`."
+                )
+            self.item_layout = dict(item_features.stats["layout"])
         wants_items = (
-            model_cfg.item_input != "id"
-            if model_cfg.name == "ncf"
-            else model_cfg.use_item_features
+            model_cfg.name == "multimodal"
+            or (
+                model_cfg.item_input != "id"
+                if model_cfg.name == "ncf"
+                else model_cfg.use_item_features
+            )
         )
         if model_cfg.name == "ncf" and wants_items and item_features is None:
             raise ValueError(
@@ -125,6 +160,12 @@ class KerasRecommender:
         Returns:
             dict: per-epoch history (loss, val_* metrics, learning rate).
         """
+        with distribution_lib.training_scope(
+            self.scale_cfg, self.train_cfg.batch_size
+        ):
+            return self._fit(train, valid, epochs, checkpoint_dir, warm_start)
+
+    def _fit(self, train, valid, epochs, checkpoint_dir, warm_start):
         mc, tc = self.model_cfg, self.train_cfg
         self.set_history(train)
         reuse = warm_start and self.model is not None
@@ -152,7 +193,7 @@ class KerasRecommender:
             )
         else:
             labels = None
-        two_tower = mc.name == "two_tower"
+        two_tower = self.family == "two_tower"
         batches = data.InteractionBatches(
             train,
             tc.batch_size,
@@ -169,7 +210,10 @@ class KerasRecommender:
             if two_tower and mc.use_logq
             else None,
             labels=labels,
+            workers=self.scale_cfg.workers,
+            use_multiprocessing=self.scale_cfg.use_multiprocessing,
         )
+        batches = distribution_lib.shard_for_process(batches)
         epochs = epochs or tc.epochs
         callbacks = []
         checkpoint = None
@@ -202,6 +246,8 @@ class KerasRecommender:
                         min_lr=tc.min_learning_rate,
                     ),
                 ]
+            stage = "select" if callbacks else "fit"
+            callbacks += tracking.epoch_callbacks(f"{mc.name}/{stage}")
             logger.info(
                 "fitting %s: users=%d items=%d examples=%d epochs<=%d "
                 "batch=%d steps/epoch=%d",
@@ -240,12 +286,11 @@ class KerasRecommender:
         cosines, in chunks bounded like `score`."""
         user_idx = np.asarray(user_idx, np.int32)
         item_idx = np.asarray(item_idx, np.int32)
-        if self.model_cfg.name != "ncf":
+        if self.family != "ncf":
             users = self.user_embeddings(user_idx)
             return np.sum(users * self.item_embeddings()[item_idx], axis=1)
         inputs = {"user": user_idx, "item": item_idx}
-        if self.item_features is not None:
-            inputs["item_features"] = self.item_features[item_idx]
+        inputs.update(self._item_side(item_idx))
         return self._predict(inputs)["logit"]
 
     def refit_params(self):
@@ -256,14 +301,14 @@ class KerasRecommender:
     def loss(self):
         """The configured loss, with `auto` resolved for the family."""
         loss = self.model_cfg.loss
-        return DEFAULT_LOSS[self.model_cfg.name] if loss == "auto" else loss
+        return DEFAULT_LOSS[self.family] if loss == "auto" else loss
 
     def score(self, user_idx, item_idx=None):
         """`(len(user_idx), num_items or len(item_idx))` float32 scores:
         cosines for two-tower (one matrix product), logits for NCF (pairs
         scored in chunks bounded by `_PAIR_BUDGET_BYTES`)."""
         user_idx = np.asarray(user_idx, np.int32)
-        if self.model_cfg.name == "ncf":
+        if self.family == "ncf":
             return self._score_pairs(user_idx, item_idx)
         items = self.item_embeddings()
         if item_idx is not None:
@@ -322,6 +367,9 @@ class KerasRecommender:
             "best_epoch": self.best_epoch,
             "backend": keras.backend.backend(),
         }
+        if self.item_layout is not None:
+            info["multimodal"] = config_lib.to_dict(self.multimodal_cfg)
+            info["item_layout"] = self.item_layout
         data.atomic_write_text(path / "recommender.json", json.dumps(info))
 
     @classmethod
@@ -331,17 +379,32 @@ class KerasRecommender:
         on JAX/TF, and prediction needs none (fit() compiles afresh)."""
         path = pathlib.Path(path)
         info = json.loads((path / "recommender.json").read_text())
+        with np.load(path / "tables.npz") as npz:
+            tables = {name: npz[name] for name in npz.files}
+        content = None
+        if "item_layout" in info:
+            content = data.FeatureTable(
+                values=tables["item_features"],
+                names=[],
+                missing=np.zeros(len(tables["item_features"]), bool),
+                stats={"layout": info["item_layout"]},
+            )
         rec = cls(
             config_lib.from_dict(info["model"], config_lib.ModelConfig),
             config_lib.from_dict(info["train"], config_lib.TrainConfig),
+            item_features=content,
             ks=info["ks"],
             memory_budget_mb=info["memory_budget_mb"],
             seed=info["seed"],
+            multimodal_cfg=config_lib.from_dict(
+                info["multimodal"], config_lib.MultimodalConfig
+            )
+            if "multimodal" in info
+            else None,
         )
         rec.model = keras.saving.load_model(path / "model.keras", compile=False)
-        with np.load(path / "tables.npz") as tables:
-            for name in tables.files:
-                setattr(rec, name, tables[name])
+        for name, table in tables.items():
+            setattr(rec, name, table)
         rec.best_epoch = info["best_epoch"]
         return rec
 
@@ -353,9 +416,8 @@ class KerasRecommender:
             if item_idx is None
             else np.asarray(item_idx, np.int32)
         )
-        width = 16 + (
-            0 if self.item_features is None else 4 * self.item_features.shape[1]
-        )
+        item_side = self._item_side(items)
+        width = 16 + sum(4 * v.shape[1] for v in item_side.values())
         pairs = max(len(items), _PAIR_BUDGET_BYTES // width)
         users_per_chunk = max(1, pairs // len(items))
         out = np.empty((len(user_idx), len(items)), np.float32)
@@ -365,13 +427,27 @@ class KerasRecommender:
                 "user": np.repeat(chunk, len(items)),
                 "item": np.tile(items, len(chunk)),
             }
-            if self.item_features is not None:
-                inputs["item_features"] = self.item_features[inputs["item"]]
+            for key, values in item_side.items():
+                inputs[key] = np.tile(values, (len(chunk), 1))
             logits = self._predict(inputs)["logit"]
             out[start : start + len(chunk)] = logits.reshape(
                 len(chunk), len(items)
             )
         return out
+
+    def _item_side(self, item_idx):
+        """NCF's item inputs for `item_idx`: the item features, or, with an
+        item encoder (multimodal), its output computed once per item and
+        cached like the two-tower item embeddings."""
+        if self.item_features is None:
+            return {}
+        if getattr(self.model, "item_encoder", None) is None:
+            return {"item_features": self.item_features[item_idx]}
+        if self._item_cache is None:
+            self._item_cache = self._predict(
+                {"item_features": self.item_features}
+            )["item_vector"]
+        return {"item_vector": self._item_cache[item_idx]}
 
     def _pretrain_ncf(self, train, epochs):
         """He et al. 2017, 3.4.1: train GMF-only and MLP-only models, then
@@ -398,15 +474,21 @@ class KerasRecommender:
 
     def _build(self, num_users, num_items, only=None):
         mc = self.model_cfg
-        if mc.name == "ncf":
+        encoder = self._item_encoder()
+        if self.family == "ncf":
             num_features = (
                 0 if self.item_features is None
                 else self.item_features.shape[1]
             )
+            item_input = mc.item_input
+            if encoder is not None:
+                item_input = (
+                    "both" if self.multimodal_cfg.use_item_id else "features"
+                )
             return NCF(
                 num_users=num_users,
                 num_items=num_items,
-                item_input=mc.item_input,
+                item_input=item_input,
                 num_item_features=num_features,
                 gmf_dim=mc.gmf_dim,
                 mlp_embedding_dim=mc.id_embedding_dim,
@@ -417,6 +499,7 @@ class KerasRecommender:
                 use_mlp=only != "gmf",
                 loss=self.loss,
                 seed=self.seed,
+                item_encoder=encoder,
             )
         return TwoTower(
             num_users=num_users,
@@ -438,6 +521,31 @@ class KerasRecommender:
             if self.item_features is None
             else self.item_features.shape[1],
             seed=self.seed,
+            item_encoder=encoder,
+            use_item_id=encoder is None or self.multimodal_cfg.use_item_id,
+        )
+
+    def _item_encoder(self):
+        """The multimodal item encoder sized by the content layout, or
+        None for the other families."""
+        if self.item_layout is None:
+            return None
+        mm = self.multimodal_cfg
+        return MultimodalItemEncoder(
+            text_dim=self.item_layout["text_dim"],
+            image_dim=self.item_layout["image_dim"],
+            numeric_dim=self.item_layout["numeric_dim"],
+            image_size=self.item_layout["image_size"],
+            embedding_dim=mm.embedding_dim,
+            fusion=mm.fusion,
+            num_heads=mm.num_heads,
+            hidden_dims=mm.projection_dims,
+            cnn_filters=mm.cnn_filters,
+            dropout=self.model_cfg.dropout,
+            alignment_weight=mm.alignment_weight,
+            alignment_temperature=mm.alignment_temperature,
+            seed=self.seed,
+            name="item_encoder",
         )
 
     def _compile(self, model):
@@ -465,6 +573,9 @@ class KerasRecommender:
         # which costs far more than the padded rows.
         rows = len(next(iter(inputs.values())))
         batch = min(_PREDICT_BATCH, 1 << max(0, (rows - 1).bit_length()))
+        # Under keras.distribution every device takes an equal batch slice.
+        replicas = distribution_lib.batch_multiple()
+        batch = -(-batch // replicas) * replicas
         padded = -(-rows // batch) * batch
         if padded != rows:
             inputs = {
@@ -474,7 +585,8 @@ class KerasRecommender:
                 for k, v in inputs.items()
             }
         out = self.model.predict(inputs, batch_size=batch, verbose=0)
-        return {k: v[:rows] for k, v in out.items()}
+        # Mixed-precision models return bfloat16/float16; score in float32.
+        return {k: v[:rows].astype(np.float32) for k, v in out.items()}
 
 
 class RankingMonitor(keras.callbacks.Callback):
@@ -530,21 +642,34 @@ def make_recommender(cfg, dataset):
     """A fresh, unfitted recommender for `cfg.model.name`."""
     name = cfg.model.name
     if name in KERAS_MODELS:
+        item_features = dataset.item_features
+        if name == "multimodal":
+            import item_content
+
+            item_features = item_content.item_features_from_config(
+                cfg, dataset.item_ids
+            )
         return KerasRecommender(
             cfg.model,
             cfg.train,
-            item_features=dataset.item_features,
+            item_features=item_features,
             user_features=dataset.user_features,
             ks=cfg.eval.ks,
             memory_budget_mb=cfg.eval.memory_budget_mb,
             seed=cfg.seed,
+            multimodal_cfg=cfg.multimodal,
+            scale_cfg=cfg.scale,
         )
+    if name == "persona":
+        import personas
+
+        return personas.make_reranker(cfg, dataset)
     from eval import baselines
 
     if name not in baselines.BASELINES:
+        known = KERAS_MODELS + ("persona",) + tuple(baselines.BASELINES)
         raise ValueError(
-            f"Unknown `model.name` {name!r}. Choose one of "
-            f"{sorted(KERAS_MODELS + tuple(baselines.BASELINES))}."
+            f"Unknown `model.name` {name!r}. Choose one of {sorted(known)}."
         )
     params = dict(cfg.model.baseline_params)
     return baselines.make_baseline(name, **params)
@@ -558,6 +683,12 @@ def load_recommender(path):
         "kind"
     ) == "keras":
         return KerasRecommender.load(path)
+    if info_path.exists() and json.loads(info_path.read_text()).get(
+        "kind"
+    ) == "persona":
+        from models.persona import PersonaReranker
+
+        return PersonaReranker.load(path, load_first_stage=load_recommender)
     from eval import baselines
 
     return baselines.Baseline.load(path)
@@ -582,6 +713,7 @@ def evaluate_split(recommender, truth, exclude, cfg, item_popularity=None):
 # ---------------------------------------------------------------------------
 
 
+@tracking.tracked("validation")
 def train_validation_model(cfg):
     """Protocol P1 end to end: fit on train with early stopping on the
     validation ranking metric, refit on train+valid for the chosen number of
@@ -632,6 +764,7 @@ def train_validation_model(cfg):
     return report
 
 
+@tracking.tracked("production")
 def train_production_model(cfg):
     """Fit on every interaction with the epoch count the validation run
     chose, and save the model for `compute_predictions`."""
@@ -710,13 +843,26 @@ def compute_predictions(cfg):
         )
     rec = load_recommender(model_dir)
     start = time.perf_counter()
-    items, scores = recommend(
-        rec,
-        np.arange(len(user_ids)),
-        dataset.interactions.to_csr(),
-        cfg.output.top_k,
-        cfg.eval.memory_budget_mb,
-    )
+    if getattr(rec, "family", None) == "two_tower":
+        import retrieval  # dot products: on-device top-K or a FAISS index
+
+        items, scores, _ = retrieval.recommend(
+            rec,
+            np.arange(len(user_ids)),
+            dataset.interactions.to_csr(),
+            cfg.output.top_k,
+            cfg.scale,
+            cfg.eval.memory_budget_mb,
+            seed=cfg.seed,
+        )
+    else:
+        items, scores = recommend(
+            rec,
+            np.arange(len(user_ids)),
+            dataset.interactions.to_csr(),
+            cfg.output.top_k,
+            cfg.eval.memory_budget_mb,
+        )
     seconds = time.perf_counter() - start
     recs = {
         str(user_ids[u]): [

@@ -395,6 +395,18 @@ class EASE(Baseline):
 class _MatrixFactorization(Baseline):
     """Scores are dot products of learned user and item factors."""
 
+    @property
+    def user_factors(self) -> np.ndarray:
+        """`(num_users, factors)` float32; scores are `user @ item.T`."""
+        self._check_fitted()
+        return self._user_factors
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        """`(num_items, factors)` float32."""
+        self._check_fitted()
+        return self._item_factors
+
     def _score(self, user_idx):
         return self._user_factors[user_idx] @ self._item_factors.T
 
@@ -481,6 +493,29 @@ class ALS(_MatrixFactorization):
             model.fit(x, show_progress=self.show_progress)
         self._user_factors = np.asarray(model.user_factors, np.float32)
         self._item_factors = np.asarray(model.item_factors, np.float32)
+
+    def fold_in(self, item_idx) -> np.ndarray:
+        """The user factor of a user absent from training, from the items
+        they interacted with: one exact ALS user step with the item factors
+        fixed (Hu et al. 2008, eq. 4; `implicit`'s `recalculate_user`),
+
+        `x = (Y^T Y + (alpha - 1) Y_p^T Y_p + regularization I)^-1
+        alpha Y_p^T 1`, where `Y_p` holds the factors of the given items.
+
+        Args:
+            item_idx: `(n,)` int item indices (duplicates count once).
+
+        Returns:
+            `(factors,)` float32; score items with `item_factors @ x`.
+        """
+        self._check_fitted()
+        items = np.unique(_as_index(item_idx, self.num_items, "item_idx"))
+        y = self._item_factors.astype(np.float64)
+        picked = y[items]
+        a = y.T @ y + (self.alpha - 1.0) * (picked.T @ picked)
+        a[np.diag_indices_from(a)] += self.regularization
+        b = self.alpha * picked.sum(axis=0)
+        return np.linalg.solve(a, b).astype(np.float32)
 
 
 class BPR(_MatrixFactorization):
@@ -596,6 +631,77 @@ class ContentProfile(Baseline):
         norms = np.linalg.norm(profiles, axis=1, keepdims=True)
         profiles = profiles / np.maximum(norms, 1e-12)
         return profiles @ self.item_features.T
+
+
+class ContentKNN(Baseline):
+    """Item-based nearest neighbours on content vectors (content ItemKNN).
+
+    `sim(i, j)` is the cosine of the items' content vectors (text, image or
+    numeric embeddings). Each target item `j` keeps its `k` most similar
+    items among those with training interactions (only they can be in a
+    history), and a user's score for `j` is the sum of the similarities of
+    `j`'s neighbours in their history, as in `ItemKNN`. It needs no
+    interactions for `j`, so it ranks cold-start items.
+
+    Args:
+        item_features: `(num_items, F)` float array of content vectors.
+        k: int, neighbours kept per item. Defaults to `50`.
+    """
+
+    def __init__(self, item_features, k: int = 50):
+        super().__init__()
+        _check_positive_int(k, "k")
+        features = np.asarray(item_features, np.float32)
+        if features.ndim != 2 or not len(features):
+            raise ValueError(
+                "`item_features` must be a non-empty (num_items, F) array. "
+                f"Received shape: {features.shape}"
+            )
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        self.item_features = features / np.maximum(norms, 1e-12)
+        self.k = int(k)
+
+    def get_config(self) -> dict:
+        return {"k": self.k}
+
+    def _fit(self, x):
+        n = len(self.item_features)
+        if x.shape[1] != n:
+            raise ValueError(
+                f"`item_features` has {n} rows but the data has "
+                f"{x.shape[1]} items."
+            )
+        sources = np.flatnonzero(np.asarray(x.sum(axis=0)).ravel() > 0)
+        kk = min(self.k, len(sources))
+        block = max(1, _BLOCK_FLOATS // max(len(sources), 1))
+        rows, cols, vals = [], [], []
+        for start in range(0, n, block):
+            targets = np.arange(start, min(start + block, n))
+            sim = self.item_features[sources] @ self.item_features[targets].T
+            sim[sources[:, None] == targets[None, :]] = 0.0  # no self pair
+            top = np.argpartition(-sim, kk - 1, axis=0)[:kk]  # (kk, block)
+            values = np.take_along_axis(sim, top, axis=0)
+            keep = values > 0
+            rows.append(sources[top][keep])
+            cols.append(np.broadcast_to(targets, top.shape)[keep])
+            vals.append(values[keep])
+        self._weights = sp.csr_matrix(
+            (
+                np.concatenate(vals),
+                (np.concatenate(rows), np.concatenate(cols)),
+            ),
+            shape=(n, n),
+            dtype=np.float32,
+        )
+
+    def _score(self, user_idx):
+        return (self._history[user_idx] @ self._weights).toarray()
+
+    def _state(self):
+        return _csr_state("weights", self._weights)
+
+    def _set_state(self, arrays):
+        self._weights = _csr_from_state("weights", arrays)
 
 
 BASELINES = {

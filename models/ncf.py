@@ -80,13 +80,21 @@ class NCF(keras.Model):
             stage for `NCF.from_pretrained`.
         loss: `"bce"` (default) or `"bpr"`, see `compute_loss`.
         seed: optional int for the dropout layers.
+        item_encoder: optional Keras layer (with an `output_dim` attribute)
+            applied to the item vector before the feature projections, e.g.
+            the multimodal `MultimodalItemEncoder`; it is trained with the
+            model. Needs `item_input` "features" or "both".
 
     Call arguments:
         inputs: dict with `"user"` `(batch,)` int; `"item"` `(batch,)` int
             (optional with `item_input="features"`); `"item_features"`
             `(batch, F)` float when features are used. Training batches may
             add sampled negatives: `"neg_item"` `(batch, n)` int and/or
-            `"neg_item_features"` `(batch, n, F)` float.
+            `"neg_item_features"` `(batch, n, F)` float. With an
+            `item_encoder`, `"item_vector"` (its output, e.g. computed once
+            per item for scoring many users) may replace `"item_features"`,
+            and a dict with `"item_features"` and no `"user"` returns
+            `{"item_vector": ...}` only.
         training: bool, turns dropout on.
 
     Returns:
@@ -128,9 +136,17 @@ class NCF(keras.Model):
         use_mlp=True,
         loss="bce",
         seed=None,
+        item_encoder=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(item_encoder, dict):
+            item_encoder = keras.layers.deserialize(item_encoder)
+        if item_encoder is not None and item_input == "id":
+            raise ValueError(
+                "`item_encoder` needs `item_input` 'features' or 'both'. "
+                f"Received: item_input={item_input!r}"
+            )
         mlp_dims = _validate_args(
             num_users,
             num_items,
@@ -160,6 +176,7 @@ class NCF(keras.Model):
         self.use_mlp = use_mlp
         self.loss_name = loss
         self.seed = seed
+        self.item_encoder = item_encoder
 
         # === Layers ===
         reg = keras.regularizers.L2(l2) if l2 > 0 else None
@@ -244,6 +261,10 @@ class NCF(keras.Model):
 
     def build(self, input_shape=None):
         features_shape = (None, self.num_item_features)
+        if self.item_encoder is not None:
+            if not self.item_encoder.built:  # deserialized ones come built
+                self.item_encoder.build(features_shape)
+            features_shape = (None, self.item_encoder.output_dim)
         fused_width = 0
         if self.use_gmf:
             self.gmf_user_embedding.build((None,))
@@ -267,12 +288,18 @@ class NCF(keras.Model):
         self.built = True
 
     def call(self, inputs, training=False):
+        if "user" not in inputs and self.item_encoder is not None:
+            return {
+                "item_vector": self.item_encoder(
+                    inputs["item_features"], training=training
+                )
+            }
         user = inputs["user"]
         out = {
             "logit": self._logit(
                 user,
                 inputs.get("item"),
-                inputs.get("item_features"),
+                self._encoded(inputs, "item", training),
                 training=training,
             )
         }
@@ -280,7 +307,7 @@ class NCF(keras.Model):
             out["neg_logit"] = self._logit(
                 user,
                 inputs.get("neg_item"),
-                inputs.get("neg_item_features"),
+                self._encoded(inputs, "neg_item", training),
                 training=training,
             )
         return out
@@ -301,7 +328,7 @@ class NCF(keras.Model):
         return self._logit(
             inputs["user"],
             inputs.get("item"),
-            inputs.get("item_features"),
+            self._encoded(inputs, "item", False),
             training=False,
         )
 
@@ -321,10 +348,12 @@ class NCF(keras.Model):
         `(batch, n)` (positive, negative) pairs; `y` is ignored and
         negatives are required.
         """
-        logit = ops.convert_to_tensor(y_pred["logit"])
+        # float32 whatever the dtype policy: softplus of a bfloat16 logit
+        # loses the small differences the loss is made of.
+        logit = ops.cast(y_pred["logit"], "float32")
         neg_logit = y_pred.get("neg_logit")
         if neg_logit is not None:
-            neg_logit = ops.convert_to_tensor(neg_logit, logit.dtype)
+            neg_logit = ops.cast(neg_logit, logit.dtype)
         if self.loss_name == "bce":
             if y is None:
                 target = ops.ones_like(logit)
@@ -487,11 +516,27 @@ class NCF(keras.Model):
             "use_mlp": self.use_mlp,
             "loss": self.loss_name,
             "seed": self.seed,
+            "item_encoder": None
+            if self.item_encoder is None
+            else keras.layers.serialize(self.item_encoder),
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def _encoded(self, inputs, prefix, training):
+        """The item side's feature vector: `<prefix>_features` through the
+        item encoder (or a precomputed `<prefix>_vector`), or the raw
+        features without an encoder."""
+        features = inputs.get(f"{prefix}_features")
+        if self.item_encoder is None:
+            return features
+        if f"{prefix}_vector" in inputs:
+            return inputs[f"{prefix}_vector"]
+        if features is None:
+            return None
+        return self.item_encoder(features, training=training)
 
     def _item_vector(self, embedding, projection, item, features):
         """One branch's item representation, for `(batch,)` or `(batch, n)`

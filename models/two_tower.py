@@ -46,6 +46,14 @@ class TwoTower(keras.Model):
         num_user_features: int >= 0, width of the user feature vector.
         num_item_features: int >= 0, width of the item feature vector.
         seed: optional int for dropout.
+        item_encoder: optional Keras layer mapping the item feature vector
+            to the item tower's content input (e.g. the multimodal
+            `MultimodalItemEncoder`), used instead of the linear feature
+            projection; it must have an `output_dim` attribute.
+        use_item_id: bool, give the item tower an item id embedding.
+            Defaults to True. Off (with item features), items are
+            represented by content alone, so items unseen in training
+            (cold start) get meaningful vectors.
 
     Call arguments:
         inputs: dict with `"user"` `(batch,)` (and `"history"` `(batch, L)`
@@ -83,9 +91,23 @@ class TwoTower(keras.Model):
         num_user_features=0,
         num_item_features=0,
         seed=None,
+        item_encoder=None,
+        use_item_id=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(item_encoder, dict):
+            item_encoder = keras.layers.deserialize(item_encoder)
+        if item_encoder is not None and num_item_features < 1:
+            raise ValueError(
+                "`item_encoder` needs `num_item_features` > 0. Received: "
+                f"{num_item_features}"
+            )
+        if not use_item_id and num_item_features < 1:
+            raise ValueError(
+                "The item tower needs an input: `use_item_id` or "
+                "`num_item_features` > 0."
+            )
         if loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: {loss!r}")
         if temperature <= 0:
@@ -118,6 +140,8 @@ class TwoTower(keras.Model):
         self.num_user_features = num_user_features
         self.num_item_features = num_item_features
         self.seed = seed
+        self.item_encoder = item_encoder
+        self.use_item_id = use_item_id
 
         # === Layers ===
         reg = keras.regularizers.L2(l2) if l2 > 0 else None
@@ -129,9 +153,13 @@ class TwoTower(keras.Model):
             if use_user_id
             else None
         )
-        self.item_embedding = keras.layers.Embedding(
-            num_items, id_embedding_dim, embeddings_regularizer=reg,
-            name="item_embedding",
+        self.item_embedding = (
+            keras.layers.Embedding(
+                num_items, id_embedding_dim, embeddings_regularizer=reg,
+                name="item_embedding",
+            )
+            if use_item_id
+            else None
         )
         self.history_embedding = (
             MaskedMeanEmbedding(
@@ -148,7 +176,7 @@ class TwoTower(keras.Model):
         )
         self.item_feature_proj = (
             keras.layers.Dense(id_embedding_dim, name="item_feature_proj")
-            if num_item_features > 0
+            if num_item_features > 0 and item_encoder is None
             else None
         )
         self.user_tower = MLPTower(
@@ -165,7 +193,6 @@ class TwoTower(keras.Model):
 
     def build(self, input_shape=None):
         d = self.id_embedding_dim
-        self.item_embedding.build((None,))
         user_width = 0
         if self.user_embedding is not None:
             self.user_embedding.build((None,))
@@ -176,10 +203,17 @@ class TwoTower(keras.Model):
         if self.user_feature_proj is not None:
             self.user_feature_proj.build((None, self.num_user_features))
             user_width += d
-        item_width = d
+        item_width = 0
+        if self.item_embedding is not None:
+            self.item_embedding.build((None,))
+            item_width += d
         if self.item_feature_proj is not None:
             self.item_feature_proj.build((None, self.num_item_features))
             item_width += d
+        if self.item_encoder is not None:
+            if not self.item_encoder.built:  # deserialized ones come built
+                self.item_encoder.build((None, self.num_item_features))
+            item_width += self.item_encoder.output_dim
         self.user_tower.build((None, user_width))
         self.item_tower.build((None, item_width))
         self.built = True
@@ -219,15 +253,22 @@ class TwoTower(keras.Model):
         return self.user_tower(ops.concatenate(parts, axis=-1), training=training)
 
     def encode_item(self, item, features=None, training=False):
-        parts = [self.item_embedding(item)]
+        parts = []
+        if self.item_embedding is not None:
+            parts.append(self.item_embedding(item))
         if self.item_feature_proj is not None:
             parts.append(self.item_feature_proj(features))
+        if self.item_encoder is not None:
+            parts.append(self.item_encoder(features, training=training))
         return self.item_tower(ops.concatenate(parts, axis=-1), training=training)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        u, v = y_pred["user"], y_pred["item"]
+        # Under a mixed policy the towers run in bfloat16/float16; logits,
+        # softmax and the loss need float32 range and precision.
+        u = ops.cast(y_pred["user"], "float32")
+        v = ops.cast(y_pred["item"], "float32")
         if self.loss_name == "softmax":
             logits = ops.matmul(u, ops.transpose(v)) / self.temperature
             if self.use_logq and "item_logq" in x:
@@ -245,7 +286,9 @@ class TwoTower(keras.Model):
             )
         elif self.loss_name == "bpr":
             pos = ops.sum(u * v, axis=-1, keepdims=True)
-            neg = ops.einsum("bd,bnd->bn", u, y_pred["neg_item"])
+            neg = ops.einsum(
+                "bd,bnd->bn", u, ops.cast(y_pred["neg_item"], "float32")
+            )
             loss = -ops.mean(
                 ops.log_sigmoid((pos - neg) / self.temperature), axis=-1
             )
@@ -277,6 +320,10 @@ class TwoTower(keras.Model):
             "num_user_features": self.num_user_features,
             "num_item_features": self.num_item_features,
             "seed": self.seed,
+            "item_encoder": None
+            if self.item_encoder is None
+            else keras.layers.serialize(self.item_encoder),
+            "use_item_id": self.use_item_id,
         }
 
     @classmethod

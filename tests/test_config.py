@@ -19,6 +19,13 @@ SECTIONS = {
     "train": config.TrainConfig,
     "eval": config.EvalConfig,
     "output": config.OutputConfig,
+    "scale": config.ScaleConfig,
+    "persona": config.PersonaConfig,
+    "diffusion": config.DiffusionConfig,
+    "serve": config.ServeConfig,
+    "track": config.TrackConfig,
+    "multimodal": config.MultimodalConfig,
+    "decode": config.DecodeConfig,
 }
 
 

@@ -293,7 +293,8 @@ def test_benchmark_action_runs_keras_and_baselines(tiny_cfg, monkeypatch):
 def test_cli_action_options_reach_only_their_action(monkeypatch, capsys):
     calls = []
     fake = type("M", (), {"run": staticmethod(
-        lambda cfg, user=None, n=3: calls.append((user, n)))})
+        lambda cfg, probe_user=None, probe_n=3: calls.append(
+            (probe_user, probe_n)))})
     monkeypatch.setitem(sys.modules, "fake_action_module", fake)
     monkeypatch.setitem(
         main.ACTIONS,
@@ -301,12 +302,13 @@ def test_cli_action_options_reach_only_their_action(monkeypatch, capsys):
         main.Action(
             "fake_action_module:run",
             "test action",
-            (("--user", {}), ("--n", {"type": int, "default": 3})),
+            (("--probe-user", {}),
+             ("--probe-n", {"type": int, "default": 3})),
         ),
     )
-    main.main(["fake", "--user", "7", "--n", "5", "-q"])
+    main.main(["fake", "--probe-user", "7", "--probe-n", "5", "-q"])
     main.main(["fake", "-q"])
     assert calls == [("7", 5), (None, 3)]
     with pytest.raises(SystemExit):
-        main.parse_args(["smoke", "--user", "7"])
-    assert "--user belongs to fake" in capsys.readouterr().err
+        main.parse_args(["smoke", "--probe-user", "7"])
+    assert "--probe-user belongs to fake" in capsys.readouterr().err

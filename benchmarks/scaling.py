@@ -1,0 +1,344 @@
+"""How load, training and prediction grow with the data: 1M / 5M / 20M.
+
+For each size in `--sizes` (interactions), a child process (fresh memory,
+so peak RSS belongs to that size alone):
+
+1. generates a MovieLens-20M-shaped synthetic log (`synthetic.generate`:
+   Pareto user activity, Zipf item popularity, latent taste clusters; users
+   grow linearly with the size and items with its square root, 138,493 x
+   26,744 at 20M) and writes it to parquet (not timed);
+2. times `data.load` + `data.split` (chrono) + `data.history_matrix`:
+   "load + preprocess";
+3. fits the default two-tower model (`config.default()`, no item feature
+   file, `--set` overrides applied) on the train split for one epoch,
+   without validation: "epoch s" (compilation included, reported apart as
+   the first `--warmup-steps` steps). With `--max-steps` only that many
+   steps run and the epoch time is extrapolated from the measured steps/s
+   (the JSON says so);
+4. times `train.recommend` (what `compute_predictions` does: top-10 unseen
+   items for every user, blockwise with `ops.top_k`, bounded memory);
+5. reports the child's peak RSS (`ru_maxrss`) after each phase.
+
+The parent prints a Markdown table and writes JSON (`--json-out`).
+
+Example:
+    python benchmarks/scaling.py --sizes 1000000,5000000
+    python benchmarks/scaling.py --sizes 20000000 --set train.batch_size=4096
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import config as config_lib  # noqa: E402
+
+DEFAULT_JSON_OUT = ROOT / "benchmarks" / "results" / "scaling.json"
+RESULT_PREFIX = "RESULT "
+TOP_K = 10
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="scaling.py",
+        description="Load + preprocess, one two-tower epoch, predictions "
+        "for all users and peak RSS\nat several synthetic data sizes, each "
+        "in its own child process.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sizes",
+        default="1000000,5000000,20000000",
+        help="comma-separated interaction counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="train only this many steps and extrapolate the epoch "
+        "(0 = the full epoch, default)",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=20,
+        help="first steps (with compilation) left out of steps/s",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every child, e.g. "
+        "--set train.batch_size=4096",
+    )
+    parser.add_argument("--json-out", type=pathlib.Path,
+                        default=DEFAULT_JSON_OUT)
+    parser.add_argument("--data-dir", type=pathlib.Path, default=None,
+                        help="where the parquet files go (default: a "
+                        "temporary folder)")
+    parser.add_argument("--timeout", type=float, default=6 * 3600.0)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"`--sizes` must be integers. Received: {args.sizes!r}")
+    if not args.sizes or min(args.sizes) < 1000:
+        parser.error(f"`--sizes` must be >= 1000. Received: {args.sizes}")
+    try:
+        config_lib.override(config_lib.default(), args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        return run_child(args)
+    command = shlex.join([sys.executable, sys.argv[0], *argv])
+    print(f"command: {command}")
+    print(f"load average at start: {os.getloadavg()}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="recsys-scaling-") as tmp:
+        data_dir = args.data_dir or pathlib.Path(tmp)
+        for size in args.sizes:
+            print(f"running {size:,} interactions ...", flush=True)
+            results.append(run_one(size, args, argv, data_dir))
+            print(format_table(results[-1:]), flush=True)
+    print()
+    print(format_table(results))
+    print(growth(results))
+    payload = {
+        "benchmark": "scaling",
+        "date": datetime.datetime.now().astimezone().isoformat(
+            timespec="seconds"
+        ),
+        "command": command,
+        "cpu_count": os.cpu_count(),
+        "loadavg_end": list(os.getloadavg()),
+        "results": results,
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json_out.with_name(f".{args.json_out.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, args.json_out)
+    print(f"wrote {args.json_out}")
+    return 0 if all(r.get("ok") for r in results) else 1
+
+
+def run_one(size, args, argv, data_dir):
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()),
+           "--child", str(size), "--data-dir", str(data_dir),
+           "--max-steps", str(args.max_steps),
+           "--warmup-steps", str(args.warmup_steps)]
+    for assignment in args.overrides:
+        cmd += ["--set", assignment]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=args.timeout)
+    lines = [ln[len(RESULT_PREFIX):] for ln in proc.stdout.splitlines()
+             if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        return {"ok": False, "size": size,
+                "wall_s": time.perf_counter() - start,
+                "stderr_tail": "\n".join(proc.stderr.splitlines()[-20:])}
+    return {"ok": True, **json.loads(lines[-1])}
+
+
+def format_table(results):
+    head = ("| interactions | users | items | load + preprocess s | "
+            "epoch s | steps/s | predict all users s | peak RSS GiB |")
+    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if not r.get("ok"):
+            lines.append(f"| {r['size']:,} | FAILED | | | | | | |")
+            continue
+        epoch = f"{r['epoch_s']:,.0f}" + (" (extrapolated)"
+                                           if r["extrapolated"] else "")
+        lines.append(
+            f"| {r['interactions']:,} | {r['num_users']:,} | "
+            f"{r['num_items']:,} | {r['load_s']:.1f} | {epoch} | "
+            f"{r['steps_per_s']:.2f} | {r['predict_s']:.1f} | "
+            f"{r['peak_rss_gib']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def growth(results):
+    """Each figure's growth between consecutive sizes, against the growth
+    of interactions (and of users x items for predictions)."""
+    ok = [r for r in results if r.get("ok")]
+    lines = []
+    for a, b in zip(ok, ok[1:]):
+        n = b["interactions"] / a["interactions"]
+        cells = b["num_users"] * b["num_items"] / (
+            a["num_users"] * a["num_items"])
+        lines.append(
+            f"{a['interactions']:,} -> {b['interactions']:,} (x{n:.1f} "
+            f"interactions, x{cells:.1f} users*items): load x"
+            f"{b['load_s'] / a['load_s']:.1f}, epoch x"
+            f"{b['epoch_s'] / a['epoch_s']:.1f}, predict x"
+            f"{b['predict_s'] / a['predict_s']:.1f}, peak RSS x"
+            f"{b['peak_rss_gib'] / a['peak_rss_gib']:.1f}"
+        )
+    return "\n".join(lines)
+
+
+def run_child(args):
+    import keras
+    import numpy as np
+
+    import data
+    import synthetic
+    import train
+
+    size = args.child
+    cfg = config_lib.override(
+        config_lib.default(),
+        ["data.item_features.path=None", "train.verbose=0"] + args.overrides,
+    )
+    path = pathlib.Path(args.data_dir) / f"synthetic-{size}.parquet"
+    if not path.exists():
+        synthetic.write(synthetic.generate(size, seed=cfg.seed), path)
+    cfg = config_lib.override(cfg, [f"data.path={str(path)!r}"])
+    keras.utils.set_random_seed(cfg.seed)
+    rss = {"start": _peak_rss_gib()}
+
+    start = time.perf_counter()
+    dataset = data.load(cfg.data)
+    train_split, _, _ = data.split(
+        dataset.interactions, cfg.data.split, cfg.data.valid_fraction,
+        cfg.data.test_fraction, seed=cfg.seed,
+    )
+    rec = train.make_recommender(cfg, dataset)
+    rec.set_history(train_split)  # history_matrix, as fit() does first
+    load_s = time.perf_counter() - start
+    rss["after_load"] = _peak_rss_gib()
+
+    timer = _StepTimer(args.warmup_steps)
+    steps = -(-len(train_split) // cfg.train.batch_size)
+    max_steps = args.max_steps or steps
+    _train_with(rec, train_split, timer, min(max_steps, steps))
+    run_steps = min(max_steps, steps)
+    if timer.warm_s is None or run_steps <= args.warmup_steps:
+        steps_per_s = run_steps / timer.total
+        first_s = timer.total
+    else:
+        steps_per_s = (run_steps - args.warmup_steps) / (
+            timer.total - timer.warm_s)
+        first_s = timer.warm_s
+    extrapolated = run_steps < steps
+    epoch_s = (first_s + (steps - args.warmup_steps) / steps_per_s
+               if extrapolated else timer.total)
+    rss["after_epoch"] = _peak_rss_gib()
+
+    users = np.arange(dataset.interactions.num_users)
+    start = time.perf_counter()
+    items, _ = train.recommend(rec, users, dataset.interactions.to_csr(),
+                               TOP_K, cfg.eval.memory_budget_mb,
+                               progress=False)
+    predict_s = time.perf_counter() - start
+    rss["after_predict"] = _peak_rss_gib()
+    result = {
+        "size": size,
+        "interactions": len(dataset.interactions),
+        "train_examples": len(train_split),
+        "num_users": int(dataset.interactions.num_users),
+        "num_items": int(dataset.interactions.num_items),
+        "backend": keras.backend.backend(),
+        "batch_size": cfg.train.batch_size,
+        "steps_per_epoch": steps,
+        "steps_run": run_steps,
+        "extrapolated": extrapolated,
+        "first_steps_s": first_s,
+        "steps_per_s": steps_per_s,
+        "epoch_s": epoch_s,
+        "load_s": load_s,
+        "predict_s": predict_s,
+        "predicted_users": int(len(items)),
+        "memory_budget_mb": cfg.eval.memory_budget_mb,
+        "peak_rss_gib": _peak_rss_gib(),
+        "peak_rss_gib_by_phase": rss,
+        "loadavg": list(os.getloadavg()),
+        "final_loss": rec.fit_history.get("loss", [None])[-1],
+    }
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def _train_with(rec, train_split, timer, steps):
+    """`rec.fit` for one epoch with `timer` attached; with fewer `steps`
+    than the epoch, the model's fit is limited to them."""
+    compile_ = rec._compile
+
+    def compile_with_timer(model):
+        compile_(model)
+        fit = model.fit
+
+        def fit_with_timer(*args, callbacks=None, **kwargs):
+            kwargs["steps_per_epoch"] = steps
+            return fit(*args, callbacks=list(callbacks or []) + [timer],
+                       **kwargs)
+
+        model.fit = fit_with_timer
+
+    rec._compile = compile_with_timer
+    rec.fit(train_split, None, epochs=1)
+
+
+def _StepTimer(warmup):
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Epoch wall time, and the time at the end of step `warmup` (both
+        synchronised on the loss; steps in between run asynchronously)."""
+
+        def __init__(self):
+            super().__init__()
+            self.warmup = warmup
+            self.steps = 0
+            self.warm_s = None
+            self.total = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.steps == self.warmup:
+                for value in (logs or {}).values():
+                    float(value)
+                self.warm_s = time.perf_counter() - self._start
+            if self.steps % 1000 == 0:
+                print(f"step {self.steps}: "
+                      f"{time.perf_counter() - self._start:.0f}s",
+                      file=sys.stderr, flush=True)
+
+        def on_epoch_end(self, epoch, logs=None):
+            for value in (logs or {}).values():
+                float(value)
+            self.total = time.perf_counter() - self._start
+
+    return StepTimer()
+
+
+def _peak_rss_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+if __name__ == "__main__":
+    sys.exit(main())

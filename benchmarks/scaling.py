@@ -88,6 +88,13 @@ def parse_args(argv):
     parser.add_argument("--data-dir", type=pathlib.Path, default=None,
                         help="where the parquet files go (default: a "
                         "temporary folder)")
+    parser.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        default=os.environ.get("KERAS_BACKEND") or config_lib.Config().backend,
+        help="Keras backend of the children (default: $KERAS_BACKEND, "
+        "else config's `backend`, %(default)s here; never keras.json's)",
+    )
     parser.add_argument("--timeout", type=float, default=6 * 3600.0)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -111,7 +118,8 @@ def main(argv=None):
         return run_child(args)
     command = shlex.join([sys.executable, sys.argv[0], *argv])
     print(f"command: {command}")
-    print(f"load average at start: {os.getloadavg()}")
+    print(f"backend: {args.backend}; load average at start: "
+          f"{os.getloadavg()}")
     results = []
     with tempfile.TemporaryDirectory(prefix="recsys-scaling-") as tmp:
         data_dir = args.data_dir or pathlib.Path(tmp)
@@ -147,9 +155,10 @@ def run_one(size, args, argv, data_dir):
            "--warmup-steps", str(args.warmup_steps)]
     for assignment in args.overrides:
         cmd += ["--set", assignment]
+    env = dict(os.environ, KERAS_BACKEND=args.backend)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=args.timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=args.timeout)
     lines = [ln[len(RESULT_PREFIX):] for ln in proc.stdout.splitlines()
              if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -160,17 +169,17 @@ def run_one(size, args, argv, data_dir):
 
 
 def format_table(results):
-    head = ("| interactions | users | items | load + preprocess s | "
+    head = ("| backend | interactions | users | items | load + preprocess s | "
             "epoch s | steps/s | predict all users s | peak RSS GiB |")
-    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if not r.get("ok"):
-            lines.append(f"| {r['size']:,} | FAILED | | | | | | |")
+            lines.append(f"| | {r['size']:,} | FAILED | | | | | | |")
             continue
         epoch = f"{r['epoch_s']:,.0f}" + (" (extrapolated)"
                                            if r["extrapolated"] else "")
         lines.append(
-            f"| {r['interactions']:,} | {r['num_users']:,} | "
+            f"| {r['backend']} | {r['interactions']:,} | {r['num_users']:,} | "
             f"{r['num_items']:,} | {r['load_s']:.1f} | {epoch} | "
             f"{r['steps_per_s']:.2f} | {r['predict_s']:.1f} | "
             f"{r['peak_rss_gib']:.2f} |"

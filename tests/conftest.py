@@ -101,7 +101,6 @@ def tiny_config(tmp_path, *extra):
         sets.append("train.jit_compile=False")
     sets += list(extra)
     return config.override(config.tiny(), sets)
-    return config.override(config.tiny(), sets)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ The pipeline is exercised with small stand-ins that have KerasCV's call
 signatures (inputs `latent`, `timestep_embedding`, `context`; latents at
 1/8 of the pixels): KerasCV's real DiffusionModel has 860M parameters and
 takes minutes to build on a CPU, so its wiring is checked by the `large`
-test at the end.
+tests at the end; `python main.py generate --images` with it (random
+weights, 64 x 64) runs on torch in every test run, where it builds fastest.
 """
 
 import json
@@ -476,3 +477,103 @@ def test_keras_cv_random_weights_pipeline_wiring():
     b = sd.decode(embeddings(1, seed=4), seed=0, guidance_scale=1.0, steps=2)
     assert a.shape == (1, 64, 64, 3) and a.dtype == np.uint8
     assert not np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# `python main.py generate --images` end to end, in both decoder modes
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prior_run(tmp_path_factory):
+    """`--set` options of a run with a tiny trained prior over 8-d item
+    embeddings, a poster decoder (untrained weights) of the same width and
+    a poster folder for the catalog (every other item has a poster)."""
+    from PIL import Image
+
+    import main
+    from conftest import write_ratings
+
+    root = tmp_path_factory.mktemp("generate")
+    write_ratings(root / "ratings.csv")
+    ids = 100 + 3 * np.arange(30)
+    rng = np.random.default_rng(0)
+    np.save(root / "emb.npy", rng.standard_normal((30, EMB)))
+    np.save(root / "ids.npy", ids)
+    posters = root / "posters"
+    posters.mkdir()
+    for item in ids[::2]:
+        pixels = np.full((30, 20, 3), rng.integers(0, 255, 3), np.uint8)
+        Image.fromarray(pixels).save(posters / f"{item}.jpg")
+    sets = [
+        f"data.path={str(root / 'ratings.csv')!r}",
+        "data.item_features.path=None",
+        f"output.runs_dir={str(root / 'runs')!r}",
+        f"diffusion.item_embeddings={str(root / 'emb.npy')!r}",
+        f"diffusion.item_ids_path={str(root / 'ids.npy')!r}",
+        "diffusion.timesteps=50", "diffusion.width=8", "diffusion.depth=1",
+        "diffusion.num_heads=2", "diffusion.num_tokens=2",
+        "diffusion.epochs=1", "diffusion.batch_size=512",
+        "diffusion.sampling_steps=2", "diffusion.guidance_scale=3.0",
+        f"decode.posters_dir={str(posters)!r}",
+        f"decode.embedding_dim={EMB}",
+        "decode.image_guidance_scales=(1.0, 3.0)", "decode.steps=1",
+    ]
+    args = [a for s in sets for a in ("--set", s)]
+    main.main(["train_prior", "--preset", "tiny", "-q", *args])
+    cfg = config.override(config.tiny(), sets)
+    folder = cfg.run_dir / poster_lib.FOLDER_NAME
+    folder.mkdir(parents=True)
+    poster_lib.PosterAutoencoder(16, 16, EMB, (4, 8)).save(
+        folder / poster_lib.MODEL_FILE)
+    emb = rng.normal(size=(10, EMB)).astype(np.float32)
+    np.savez(folder / poster_lib.EMBEDDINGS_FILE, item_ids=ids[:10],
+             embeddings=emb, split=np.array([0] * 6 + [1, 1, 2, 2]))
+    return cfg, args
+
+
+def _generate_grid(prior_run, *extra):
+    from PIL import Image
+
+    import main
+
+    cfg, args = prior_run
+    grid = cfg.run_dir / "generated" / "user_3.png"
+    grid.unlink(missing_ok=True)
+    main.main(["generate", "--preset", "tiny", "-q", "--user", "3", "--n",
+               "2", "--images", *args, *extra])
+    written = json.loads((cfg.run_dir / "generated" / "user-3.json")
+                         .read_text())
+    assert written["user"] == 3 and len(written["samples"]) == 2
+    with Image.open(grid) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_generate_images_with_the_poster_decoder(prior_run):
+    pixels = _generate_grid(prior_run)
+    # rows: prior guidance 1 and 3 (2 samples each) + the nearest posters;
+    # columns: image guidance 1 and 3, tiles of 16 x 16 at least.
+    assert pixels.shape[0] >= 5 * 16 and pixels.shape[1] >= 2 * 16
+    assert pixels.std() > 0
+
+
+# KerasCV's 860M-parameter denoiser builds in well under a minute on torch
+# but takes minutes on the JAX and TensorFlow CPU backends: `large` there.
+LARGE_OFF_TORCH = (
+    pytest.mark.large
+    if keras.backend.backend() != "torch"
+    else pytest.mark.usefixtures()
+)
+
+
+@LARGE_OFF_TORCH
+def test_generate_images_with_random_weight_stable_diffusion(prior_run):
+    pixels = _generate_grid(
+        prior_run,
+        "--set", "decode.decoder='stable_diffusion'",
+        "--set", "decode.sd_weights='random'",
+        "--set", "decode.sd_height=64", "--set", "decode.sd_width=64",
+        "--set", "decode.num_context_tokens=2",
+        "--set", "decode.adapter_hidden_dim=16",
+    )
+    assert pixels.shape[0] >= 5 * 64 and pixels.shape[1] >= 2 * 64

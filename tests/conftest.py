@@ -52,6 +52,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def large_on(*backends):
+    """`pytest.mark.large` when the current Keras backend is one of
+    `backends` (a test too slow there for every run), else no mark."""
+    if keras.backend.backend() in backends:
+        return pytest.mark.large
+    return pytest.mark.usefixtures()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

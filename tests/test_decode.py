@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import config
+from conftest import large_on
 from diffusion import decode
 from diffusion import images as images_lib
 from diffusion import poster_autoencoder as poster_lib
@@ -367,30 +368,40 @@ def poster_run(tmp_path_factory):
     """A run folder as `train_poster_decoder` leaves it (untrained weights:
     the action itself is tested in test_poster_autoencoder.py), beside a
     folder of 10 synthetic posters."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("posters")
     rng = np.random.default_rng(0)
     ids = np.arange(10, 110, 10)
-    for item in ids:
-        pixels = np.zeros((30, 20, 3), np.uint8)
-        pixels[:, :] = rng.integers(0, 255, 3)
-        Image.fromarray(pixels).save(root / f"{item}.jpg")
+    write_posters(root, ids, rng)
     cfg = config.override(config.Config(), [
         f"output.runs_dir={str(root / 'runs')!r}",
         f"decode.posters_dir={str(root)!r}",
         f"decode.embedding_dim={EMB}",
         "decode.image_guidance_scales=(1.0, 3.0)", "decode.steps=1",
     ])
-    model = poster_lib.PosterAutoencoder(16, 16, EMB, (4, 8))
+    write_poster_model(cfg, ids, rng)
+    return cfg
+
+
+def write_posters(folder, ids, rng):
+    """One solid-colour 30 x 20 JPEG per raw item id."""
+    from PIL import Image
+
+    for item in ids:
+        pixels = np.full((30, 20, 3), rng.integers(0, 255, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f"{item}.jpg")
+
+
+def write_poster_model(cfg, ids, rng):
+    """`<run>/poster_decoder/` as `train_poster_decoder` leaves it, with
+    untrained 16 x 16 weights and unit embeddings for 10 items `ids`."""
     folder = cfg.run_dir / poster_lib.FOLDER_NAME
     folder.mkdir(parents=True)
-    model.save(folder / poster_lib.MODEL_FILE)
+    poster_lib.PosterAutoencoder(16, 16, EMB, (4, 8)).save(
+        folder / poster_lib.MODEL_FILE)
     emb = rng.normal(size=(10, EMB)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     np.savez(folder / poster_lib.EMBEDDINGS_FILE, item_ids=ids,
              embeddings=emb, split=np.array([0] * 6 + [1, 1, 2, 2]))
-    return cfg
 
 
 def test_poster_decoder_interface_and_guidance(poster_run):
@@ -489,8 +500,6 @@ def prior_run(tmp_path_factory):
     """`--set` options of a run with a tiny trained prior over 8-d item
     embeddings, a poster decoder (untrained weights) of the same width and
     a poster folder for the catalog (every other item has a poster)."""
-    from PIL import Image
-
     import main
     from conftest import write_ratings
 
@@ -502,9 +511,7 @@ def prior_run(tmp_path_factory):
     np.save(root / "ids.npy", ids)
     posters = root / "posters"
     posters.mkdir()
-    for item in ids[::2]:
-        pixels = np.full((30, 20, 3), rng.integers(0, 255, 3), np.uint8)
-        Image.fromarray(pixels).save(posters / f"{item}.jpg")
+    write_posters(posters, ids[::2], rng)
     sets = [
         f"data.path={str(root / 'ratings.csv')!r}",
         "data.item_features.path=None",
@@ -522,13 +529,7 @@ def prior_run(tmp_path_factory):
     args = [a for s in sets for a in ("--set", s)]
     main.main(["train_prior", "--preset", "tiny", "-q", *args])
     cfg = config.override(config.tiny(), sets)
-    folder = cfg.run_dir / poster_lib.FOLDER_NAME
-    folder.mkdir(parents=True)
-    poster_lib.PosterAutoencoder(16, 16, EMB, (4, 8)).save(
-        folder / poster_lib.MODEL_FILE)
-    emb = rng.normal(size=(10, EMB)).astype(np.float32)
-    np.savez(folder / poster_lib.EMBEDDINGS_FILE, item_ids=ids[:10],
-             embeddings=emb, split=np.array([0] * 6 + [1, 1, 2, 2]))
+    write_poster_model(cfg, ids[:10], rng)
     return cfg, args
 
 
@@ -559,14 +560,7 @@ def test_generate_images_with_the_poster_decoder(prior_run):
 
 # KerasCV's 860M-parameter denoiser builds in well under a minute on torch
 # but takes minutes on the JAX and TensorFlow CPU backends: `large` there.
-LARGE_OFF_TORCH = (
-    pytest.mark.large
-    if keras.backend.backend() != "torch"
-    else pytest.mark.usefixtures()
-)
-
-
-@LARGE_OFF_TORCH
+@large_on("jax", "tensorflow")
 def test_generate_images_with_random_weight_stable_diffusion(prior_run):
     pixels = _generate_grid(
         prior_run,

@@ -11,6 +11,7 @@ import pytest
 
 import config
 import train
+from conftest import large_on
 from models.encoders import ConvImageEncoder
 from models.encoders import FeatureProjection
 from models.multimodal import FUSIONS
@@ -24,11 +25,7 @@ from tests.test_item_content import write_content
 
 # Eager JAX dispatches these fits op by op (minutes on the shared CI CPU,
 # against seconds on TensorFlow and torch): `large` there only.
-LARGE_ON_JAX = (
-    pytest.mark.large
-    if keras.backend.backend() == "jax"
-    else pytest.mark.usefixtures()
-)
+LARGE_ON_JAX = large_on("jax")
 TEXT, SIZE, NUMERIC = 6, 8, 2
 IMAGE = SIZE * SIZE * 3
 WIDTH = TEXT + IMAGE + NUMERIC + 3

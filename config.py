@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from dataclasses import field
 
 Path = pathlib.Path
-DATA_DIR = Path(__file__).resolve().parent / "data"
+REPO_DIR = Path(__file__).resolve().parent
+DATA_DIR = REPO_DIR / "data"
+SHARED_ENV = "RECSYS_SHARED"
+SHARED_TOKEN = "{shared}"
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,7 @@ class DataConfig:
             text=("title",),
         )
     )
-    user_features: FeatureFileConfig = field(
-        default_factory=FeatureFileConfig
-    )
+    user_features: FeatureFileConfig = field(default_factory=FeatureFileConfig)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (256,)  # tower MLP widths
     dropout: float = 0.1  # in [0, 1)
     l2: float = 0.0  # L2 penalty on embedding tables
-    loss: str = "auto"  # auto (two_tower: softmax, ncf: bce)|softmax|bpr|mse|bce
+    loss: str = (
+        "auto"  # auto (two_tower: softmax, ncf: bce)|softmax|bpr|mse|bce
+    )
     temperature: float = 0.05  # softmax temperature, > 0
     use_logq: bool = True  # logQ popularity correction in softmax
     use_user_id: bool = False  # user tower has a user id embedding
@@ -213,7 +216,8 @@ class PersonaConfig:
     tags_item_col: str = "movieId"  # item id column of tags_path
     tags_col: str = "tag"  # tag text column of tags_path
     personas_path: Path | None = None  # JSONL to use instead of generating
-    prompt_dir: Path = DATA_DIR.parent / "prompts"  # LLM prompt templates
+    # LLM prompt templates:
+    prompt_dir: Path = REPO_DIR / "content" / "personas" / "prompts"
     llm_endpoint: str = "http://127.0.0.1:8080/v1"  # OpenAI-compatible base
     llm_model: str = "gpt-4o-mini"  # model name sent with each request
     llm_api_key_env: str = "OPENAI_API_KEY"  # env var holding the API key
@@ -259,15 +263,30 @@ class MultimodalConfig:
     )  # extra item table joined by raw id; None = off
     content_sep: str | None = None  # None = by suffix (.dat "::", .csv ",")
     content_column_names: tuple[str, ...] = (
-        "movieId", "title", "year", "rated", "released", "genre",
-        "director", "writer", "actors", "plot", "poster",
+        "movieId",
+        "title",
+        "year",
+        "rated",
+        "released",
+        "genre",
+        "director",
+        "writer",
+        "actors",
+        "plot",
+        "poster",
     )  # names for a header-less file; () = first row is the header
     content_encoding: str = "utf-8"  # text encoding of content_path
     content_id_col: str = "movieId"  # raw item id column of content_path
     text_columns: tuple[str, ...] = (
-        "title", "genres", "director", "actors", "plot",
+        "title",
+        "genres",
+        "director",
+        "actors",
+        "plot",
     )  # joined into one text per item
-    numeric_columns: tuple[str, ...] = ("year",)  # standardised, log1p if skewed
+    numeric_columns: tuple[str, ...] = (
+        "year",
+    )  # standardised, log1p if skewed
     image_pattern: str = "{shared}/datasets/ml-1m-posters/{id}.jpg"  # ""=off
     image_encoder: str = "cnn"  # cnn (trainable)|backbone (frozen, cached)
     image_size: int = 32  # pixels per side given to the CNN / backbone
@@ -374,6 +393,9 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
+    def __post_init__(self):
+        _check_fields(self, "")
+
     @property
     def run_dir(self) -> Path:
         return self.output.runs_dir / self.output.run_name
@@ -403,11 +425,28 @@ def tiny(cfg: "Config | None" = None) -> Config:
     return override(cfg or Config(), list(TINY_OVERRIDES))
 
 
+def shared_root() -> Path:
+    """The shared folder: `$RECSYS_SHARED`, else `shared` beside the
+    repository. Data that may not be shipped is read from its `datasets`."""
+    root = os.environ.get(SHARED_ENV)
+    return Path(root) if root else REPO_DIR.parent / "shared"
+
+
 def shared_datasets() -> Path:
-    """The shared datasets folder: `$RECSYS_SHARED/datasets`, else
-    `../shared/datasets` beside the repository."""
-    root = os.environ.get("RECSYS_SHARED")
-    return (Path(root) if root else DATA_DIR.parents[1] / "shared") / "datasets"
+    """`shared_root() / "datasets"`."""
+    return shared_root() / "datasets"
+
+
+def resolve_shared(value):
+    """`value` (str or Path) with a leading `{shared}` replaced by
+    `shared_root()`; returned as the same type."""
+    text = str(value)
+    if SHARED_TOKEN not in text:
+        return value
+    resolved = text.replace(SHARED_TOKEN, str(shared_root()))
+    if isinstance(value, pathlib.PurePath):
+        return Path(resolved)
+    return resolved
 
 
 def amazon(cfg: "Config | None" = None) -> Config:
@@ -432,6 +471,28 @@ def amazon(cfg: "Config | None" = None) -> Config:
 PRESETS = {"default": default, "tiny": tiny, "amazon": amazon}
 
 
+def backend_from_argv(argv) -> str:
+    """The `backend` field the command line `argv` asks for (its `--preset`
+    and `--set backend=...`), read before Keras is imported; the default
+    config's when the line does not parse (argparse reports it later)."""
+    preset, overrides = "default", []
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+        elif arg == "--preset":
+            preset = value
+        elif arg.startswith("--set="):
+            overrides.append(arg.split("=", 1)[1])
+        elif arg == "--set":
+            overrides.append(value)
+    wanted = [o for o in overrides if o.strip().startswith("backend=")]
+    try:
+        return override(PRESETS.get(preset, default)(), wanted).backend
+    except ValueError:
+        return Config().backend
+
+
 def override(cfg: Config, assignments: list[str]) -> Config:
     """Return `cfg` with each `"section.field=value"` applied.
 
@@ -448,6 +509,7 @@ def override(cfg: Config, assignments: list[str]) -> Config:
                 f"Received: {assignment!r}"
             )
         cfg = _set(cfg, key.split("."), key, raw.strip())
+    check(cfg)
     return cfg
 
 
@@ -457,7 +519,9 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(data: dict, cls=Config):
-    """Inverse of `to_dict`, validating every field like `override`."""
+    """Inverse of `to_dict`, validating every field like `override`.
+    Keys this version does not know (from an older or newer run) are
+    ignored."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -481,6 +545,279 @@ def field_paths(cls=Config, prefix: str = "") -> list[str]:
         else:
             paths.append(prefix + f.name)
     return paths
+
+
+# ---------------------------------------------------------------------------
+# Allowed values, checked whenever a Config is built (before any data is
+# read). `model.name` and the other fields that name a recommender family
+# are checked against the registry by `recommenders.check_names`.
+# ---------------------------------------------------------------------------
+
+FORMATS = ("csv", "tsv", "dat", "parquet", "jsonl")
+DUPLICATE_RULES = ("last", "first", "max", "sum", "error")
+SPLITS = ("chrono", "leave_last_out", "time_cut", "random")
+LOSSES = ("auto", "softmax", "bpr", "mse", "bce")
+DISTRIBUTIONS = ("none", "data_parallel", "model_parallel")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+INDEXES = ("exact", "flat", "ivf", "hnsw")
+MODALITIES = ("text", "image", "numeric")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One field's constraint: `choices`, or a numeric range (`low` /
+    `high`, open ends with `*_open`), applied to each element of a tuple."""
+
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value) -> str | None:
+        if value is None:
+            return None
+        if self.choices:
+            return (
+                None
+                if value in self.choices
+                else (f"must be one of {self.choices}")
+            )
+        if self.low is not None and (
+            value <= self.low if self.low_open else value < self.low
+        ):
+            return f"must be {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None and (
+            value >= self.high if self.high_open else value > self.high
+        ):
+            return f"must be {'<' if self.high_open else '<='} {self.high}"
+        return None
+
+
+def _one_of(*choices):
+    return _Rule(choices=choices)
+
+
+def _at_least(low):
+    return _Rule(low=low)
+
+
+_POSITIVE = _Rule(low=0, low_open=True)
+_NON_NEGATIVE = _Rule(low=0)
+_FRACTION = _Rule(low=0, high=1, high_open=True)  # [0, 1)
+_PROBABILITY = _Rule(low=0, high=1)  # [0, 1]
+_OPEN_UNIT = _Rule(low=0, high=1, low_open=True, high_open=True)  # (0, 1)
+
+_FEATURE_FILE_RULES = {
+    "format": _one_of("auto", *FORMATS),
+    "max_categories": _at_least(1),
+    "text_buckets": _at_least(1),
+}
+RULES = {
+    "backend": _one_of("jax", "tensorflow", "torch"),
+    "data.format": _one_of("auto", *FORMATS),
+    "data.duplicates": _one_of(*DUPLICATE_RULES),
+    "data.min_user_interactions": _NON_NEGATIVE,
+    "data.min_item_interactions": _NON_NEGATIVE,
+    "data.split": _one_of(*SPLITS),
+    "data.valid_fraction": _FRACTION,
+    "data.test_fraction": _OPEN_UNIT,
+    **{f"data.item_features.{k}": v for k, v in _FEATURE_FILE_RULES.items()},
+    **{f"data.user_features.{k}": v for k, v in _FEATURE_FILE_RULES.items()},
+    "model.embedding_dim": _at_least(1),
+    "model.id_embedding_dim": _at_least(1),
+    "model.hidden_dims": _at_least(1),
+    "model.dropout": _FRACTION,
+    "model.l2": _NON_NEGATIVE,
+    "model.loss": _one_of(*LOSSES),
+    "model.temperature": _POSITIVE,
+    "model.history_length": _at_least(1),
+    "model.item_input": _one_of("id", "features", "both"),
+    "model.gmf_dim": _at_least(1),
+    "model.mlp_dims": _at_least(1),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.learning_rate": _POSITIVE,
+    "train.optimizer": _one_of("adam", "adamw", "sgd"),
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.num_negatives": _NON_NEGATIVE,
+    "train.negative_sampling": _one_of("uniform", "popularity"),
+    "train.popularity_alpha": _NON_NEGATIVE,
+    "train.history_dropout": _FRACTION,
+    "train.early_stopping_patience": _at_least(1),
+    "train.reduce_lr_patience": _at_least(1),
+    "train.reduce_lr_factor": _Rule(low=0, high=1, low_open=True),
+    "train.min_learning_rate": _NON_NEGATIVE,
+    "train.verbose": _one_of(0, 1, 2),
+    "eval.ks": _at_least(1),
+    "eval.memory_budget_mb": _at_least(1),
+    "eval.num_bootstrap": _at_least(1),
+    "eval.protocol": _one_of("p1", "p2"),
+    "eval.cold_item_fraction": _OPEN_UNIT,
+    "output.top_k": _at_least(1),
+    "scale.distribution": _one_of(*DISTRIBUTIONS),
+    "scale.model_parallel": _at_least(1),
+    "scale.mixed_precision": _one_of(*PRECISIONS),
+    "scale.workers": _at_least(1),
+    "scale.index": _one_of(*INDEXES),
+    "scale.index_nlist": _NON_NEGATIVE,
+    "scale.index_nprobe": _at_least(1),
+    "scale.hnsw_m": _at_least(2),
+    "scale.hnsw_ef_search": _at_least(1),
+    "scale.recall_users": _NON_NEGATIVE,
+    "serve.port": _Rule(low=0, high=65535),
+    "serve.max_k": _at_least(1),
+    "serve.max_batch": _at_least(1),
+    "serve.faiss_index": _one_of("flat", "ivf", "hnsw"),
+    "serve.candidates": _at_least(1),
+    "persona.num_personas": _at_least(1),
+    "persona.generator": _one_of("data", "llm"),
+    "persona.min_persona_users": _at_least(1),
+    "persona.kmeans_iterations": _at_least(1),
+    "persona.svd_dim": _at_least(2),
+    "persona.num_terms": _at_least(1),
+    "persona.num_examples": _NON_NEGATIVE,
+    "persona.llm_timeout": _POSITIVE,
+    "persona.llm_retries": _NON_NEGATIVE,
+    "persona.llm_requests_per_minute": _POSITIVE,
+    "persona.llm_max_items": _NON_NEGATIVE,
+    "persona.candidates": _at_least(1),
+    "persona.blend_weight": _PROBABILITY,
+    "persona.aggregation": _one_of("max", "softmax"),
+    "persona.temperature": _POSITIVE,
+    "persona.label_smoothing": _FRACTION,
+    "persona.profile_length": _at_least(1),
+    "persona.recency_gamma": _Rule(low=0, high=1, low_open=True),
+    "persona.encoder": _one_of("trainable", "minilm"),
+    "persona.minilm_length": _at_least(8),
+    "persona.embedding_dim": _at_least(1),
+    "persona.hidden_dims": _at_least(1),
+    "persona.dropout": _FRACTION,
+    "persona.text_length": _at_least(1),
+    "persona.vocab_buckets": _at_least(1),
+    "persona.target_fraction": _OPEN_UNIT,
+    "persona.epochs": _at_least(1),
+    "persona.batch_size": _at_least(2),
+    "persona.learning_rate": _POSITIVE,
+    "multimodal.base": _one_of("two_tower", "ncf"),
+    "multimodal.modalities": _one_of(*MODALITIES),
+    "multimodal.image_encoder": _one_of("cnn", "backbone"),
+    "multimodal.image_size": _at_least(8),
+    "multimodal.cnn_filters": _at_least(1),
+    "multimodal.text_encoder": _one_of("minilm", "hashed"),
+    "multimodal.text_sequence_length": _at_least(1),
+    "multimodal.hashed_text_dim": _at_least(1),
+    "multimodal.encode_batch_size": _at_least(1),
+    "multimodal.embedding_dim": _at_least(1),
+    "multimodal.fusion": _one_of("attention", "gated", "concat"),
+    "multimodal.num_heads": _at_least(1),
+    "multimodal.projection_dims": _at_least(1),
+    "multimodal.alignment_weight": _NON_NEGATIVE,
+    "multimodal.alignment_temperature": _POSITIVE,
+    "decode.decoder": _one_of("poster_decoder", "stable_diffusion"),
+    "decode.image_height": _at_least(8),
+    "decode.image_width": _at_least(8),
+    "decode.embedding_dim": _at_least(2),
+    "decode.filters": _at_least(1),
+    "decode.latent_noise": _NON_NEGATIVE,
+    "decode.ssim_weight": _NON_NEGATIVE,
+    "decode.epochs": _at_least(1),
+    "decode.batch_size": _at_least(1),
+    "decode.learning_rate": _POSITIVE,
+    "decode.valid_fraction": _FRACTION,
+    "decode.test_fraction": _FRACTION,
+    "decode.image_guidance_scales": _NON_NEGATIVE,
+    "decode.steps": _at_least(1),
+    "decode.sd_weights": _one_of("pretrained", "random"),
+    "decode.sd_height": _at_least(64),
+    "decode.sd_width": _at_least(64),
+    "decode.num_context_tokens": _at_least(1),
+    "decode.adapter_hidden_dim": _at_least(1),
+    "decode.adapter_epochs": _at_least(1),
+    "decode.adapter_batch_size": _at_least(1),
+    "decode.adapter_learning_rate": _POSITIVE,
+    "decode.cond_drop_prob": _PROBABILITY,
+    "decode.max_posters": _NON_NEGATIVE,
+    "diffusion.timesteps": _at_least(2),
+    "diffusion.schedule": _one_of("linear", "cosine", "scaled_linear"),
+    "diffusion.parameterization": _one_of("epsilon", "x0", "v"),
+    "diffusion.num_tokens": _at_least(1),
+    "diffusion.width": _at_least(1),
+    "diffusion.depth": _at_least(1),
+    "diffusion.num_heads": _at_least(1),
+    "diffusion.conditioning": _one_of("adaln", "cross", "both"),
+    "diffusion.p_drop_user": _PROBABILITY,
+    "diffusion.p_drop_score": _PROBABILITY,
+    "diffusion.snr_weighting": _one_of("none", "min_snr"),
+    "diffusion.snr_gamma": _POSITIVE,
+    "diffusion.epochs": _at_least(1),
+    "diffusion.batch_size": _at_least(1),
+    "diffusion.learning_rate": _POSITIVE,
+    "diffusion.sampler": _one_of("ddim", "ddpm"),
+    "diffusion.sampling_steps": _at_least(1),
+    "diffusion.eta": _PROBABILITY,
+    "diffusion.guidance_scale": _NON_NEGATIVE,
+    "diffusion.sweep_scales": _NON_NEGATIVE,
+    "diffusion.eval_users": _NON_NEGATIVE,
+    "diffusion.samples_per_user": _at_least(1),
+    "diffusion.random_users": _NON_NEGATIVE,
+}
+
+
+def check(cfg: Config) -> None:
+    """The checks that involve several fields (per-field ones run whenever
+    a `Config` is built).
+
+    Raises:
+        ValueError: naming the keys and what they must satisfy.
+    """
+    d = cfg.data
+    if d.split in ("chrono", "random") and (
+        d.valid_fraction + d.test_fraction >= 1
+    ):
+        raise ValueError(
+            "`data.valid_fraction` + `data.test_fraction` must be < 1 so "
+            "that every user keeps training data. Received: "
+            f"{d.valid_fraction} + {d.test_fraction}"
+        )
+    if cfg.diffusion.sampling_steps > cfg.diffusion.timesteps:
+        raise ValueError(
+            "`diffusion.sampling_steps` must be <= `diffusion.timesteps` "
+            f"({cfg.diffusion.timesteps}). Received: "
+            f"{cfg.diffusion.sampling_steps}"
+        )
+    for key in ("sd_height", "sd_width"):
+        value = getattr(cfg.decode, key)
+        if value % 64:
+            raise ValueError(
+                f"Config key `decode.{key}` must be a multiple of 64. "
+                f"Received: {value}"
+            )
+    if not cfg.output.run_name or any(c in cfg.output.run_name for c in "/\\"):
+        raise ValueError(
+            "Config key `output.run_name` must be a non-empty folder name "
+            f"without path separators. Received: {cfg.output.run_name!r}"
+        )
+
+
+def _check_fields(node, prefix: str) -> None:
+    """Apply `RULES` to every field of `node` (a config section) and its
+    sub-sections."""
+    for f in dataclasses.fields(node):
+        key = prefix + f.name
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + ".")
+            continue
+        rule = RULES.get(key)
+        if rule is None:
+            continue
+        for element in value if isinstance(value, tuple) else (value,):
+            problem = rule.problem(element)
+            if problem:
+                raise ValueError(
+                    f"Config key `{key}` {problem}. Received: {value!r}"
+                )
 
 
 def _set(node, parts: list[str], full_key: str, raw: str):

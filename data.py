@@ -8,10 +8,8 @@ negative sampling whose content depends only on (seed, epoch, batch index).
 
 import dataclasses
 import io
-import json
 import logging
 import math
-import os
 import pathlib
 import zlib
 
@@ -19,6 +17,9 @@ import keras
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+import config as config_lib
+from runtime import runs
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +126,10 @@ class Interactions:
 # ---------------------------------------------------------------------------
 
 
-
-FORMATS = ("csv", "tsv", "dat", "parquet", "jsonl")
-DUPLICATE_RULES = ("last", "first", "max", "sum", "error")
-SPLITS = ("chrono", "leave_last_out", "time_cut", "random", "cold_items")
+FORMATS = config_lib.FORMATS
+DUPLICATE_RULES = config_lib.DUPLICATE_RULES
+# `cold_items` is the evaluation-only split of `evaluate_cold_items`.
+SPLITS = config_lib.SPLITS + ("cold_items",)
 PAD = 0  # history slot meaning "no item"; items are stored as index + 1
 
 
@@ -361,12 +362,12 @@ def split(
         raise ValueError(
             f"`split` must be one of {SPLITS}. Received: {method!r}"
         )
-    for name, frac in (("valid_fraction", valid_fraction),
-                       ("test_fraction", test_fraction)):
+    for name, frac in (
+        ("valid_fraction", valid_fraction),
+        ("test_fraction", test_fraction),
+    ):
         if not 0.0 <= frac < 1.0:
-            raise ValueError(
-                f"`{name}` must lie in [0, 1). Received: {frac}"
-            )
+            raise ValueError(f"`{name}` must lie in [0, 1). Received: {frac}")
     if method != "leave_last_out" and valid_fraction + test_fraction >= 1.0:
         raise ValueError(
             "`valid_fraction` + `test_fraction` must be < 1 so that train "
@@ -550,14 +551,17 @@ class InteractionBatches(keras.utils.PyDataset):
     ):
         super().__init__(**kwargs)
         if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1. Received: {batch_size}")
+            raise ValueError(
+                f"`batch_size` must be >= 1. Received: {batch_size}"
+            )
         if len(interactions) == 0:
             raise ValueError("Cannot make batches from zero interactions.")
         if num_negatives and sampler is None:
             raise ValueError("`num_negatives` > 0 needs a `sampler`.")
         if not 0.0 <= history_dropout < 1.0:
             raise ValueError(
-                f"`history_dropout` must be in [0, 1). Received: {history_dropout}"
+                "`history_dropout` must be in [0, 1). Received: "
+                f"{history_dropout}"
             )
         self.x = interactions
         self.batch_size = batch_size
@@ -661,24 +665,6 @@ def graded_labels(value, like=None, dislike=None) -> np.ndarray:
     )
 
 
-def save_encoders(dataset: Dataset, path) -> None:
-    """Write the id maps and feature vocabularies as JSON, atomically."""
-    atomic_write_text(path, json.dumps(dataset.encoders()))
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write `text` to a temporary sibling, then rename over `path`, so a
-    crash never leaves a half-written file where a good one was."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # no stray half-written temp file
-
-
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
@@ -716,8 +702,9 @@ def _read_text(path, fmt, sep, header, column_names, encoding):
     except Exception:
         # pyarrow refuses some files (ragged rows, odd quoting) that the C
         # engine reads; its error then names the offending line.
-        return pd.read_csv(path, sep=sep, engine="c", encoding=encoding,
-                           **kwargs)
+        return pd.read_csv(
+            path, sep=sep, engine="c", encoding=encoding, **kwargs
+        )
 
 
 def _standardise(frame, cfg, path) -> pd.DataFrame:
@@ -868,7 +855,7 @@ def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
         ].to_numpy()
         raise ValueError(
             f"{path}: {count} duplicate (user, item) rows; e.g. user "
-            f"{_plain(user)!r} and item {_plain(item)!r} at data rows "
+            f"{runs.plain(user)!r} and item {runs.plain(item)!r} at data rows "
             f"{(rows + 1).tolist()}. Set `data.duplicates` to one of "
             f"{DUPLICATE_RULES[:-1]} to resolve them."
         )
@@ -889,12 +876,6 @@ def _deduplicate(frame: pd.DataFrame, rule: str, path) -> pd.DataFrame:
     return ordered.drop_duplicates(["user", "item"], keep=keep).sort_values(
         "_row"
     )
-
-
-def _plain(value):
-    """A NumPy scalar as the Python value, so messages read `1`, not
-    `np.int64(1)`."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _k_core(frame: pd.DataFrame, min_user: int, min_item: int):
@@ -925,9 +906,7 @@ def _may_have_duplicate_pairs(frame) -> bool:
     """False when no (user, item) pair repeats, decided by sorting one int64
     key (much faster than hashing two columns on millions of rows); True
     when one may repeat, or when the ids are not integers."""
-    key = _mixed_radix_key(
-        [frame["item"].to_numpy(), frame["user"].to_numpy()]
-    )
+    key = _mixed_radix_key([frame["item"].to_numpy(), frame["user"].to_numpy()])
     if key is None:
         return True
     key.sort()
@@ -947,8 +926,10 @@ def _mixed_radix_key(keys):
     or None when a key is not integer or the ranges need more than 63 bits
     even after replacing keys by their dense ranks."""
     keys = [np.asarray(k) for k in keys]
-    if not keys or len(keys[0]) == 0 or not all(
-        np.issubdtype(k.dtype, np.integer) for k in keys
+    if (
+        not keys
+        or len(keys[0]) == 0
+        or not all(np.issubdtype(k.dtype, np.integer) for k in keys)
     ):
         return None
     lows = [int(k.min()) for k in keys]
@@ -1026,8 +1007,11 @@ def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
         names += [f"{col}={v}" for v in vocab]
         stats[col] = {"type": "categorical", "vocabulary": vocab}
     for col in cfg.multivalued:
-        lists = rows[col].fillna("").astype(str).str.split(
-            cfg.multivalued_sep, regex=False
+        lists = (
+            rows[col]
+            .fillna("")
+            .astype(str)
+            .str.split(cfg.multivalued_sep, regex=False)
         )
         exploded = lists.explode()
         owner = np.repeat(index, lists.str.len().to_numpy())
@@ -1060,8 +1044,9 @@ def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
         n,
         kind,
     )
-    return FeatureTable(values=values, names=names, missing=missing,
-                        stats=stats)
+    return FeatureTable(
+        values=values, names=names, missing=missing, stats=stats
+    )
 
 
 def _one_hot(values, owner, n, max_categories):
@@ -1075,21 +1060,34 @@ def _one_hot(values, owner, n, max_categories):
     return block, vocab
 
 
-def _standardise_numeric(values, owner, n):
+def standardise_numeric(values):
+    """`(len(values), 2)` float32 columns for one numeric feature: the
+    z-score (of log1p when the values are non-negative and skewed) and a
+    missing flag (NaN/inf rows get z = 0 and flag 1), plus the statistics
+    used, so the same transform can be reported and re-applied."""
+    values = np.asarray(values, np.float64)
     finite = np.isfinite(values)
-    v = values[finite].astype(np.float64)
+    v = values[finite]
     use_log = bool(v.size and v.min() >= 0 and _skew(v) > 2.0)
     if use_log:
         v = np.log1p(v)
     mean = float(v.mean()) if v.size else 0.0
     std = float(v.std()) if v.size and v.std() > 0 else 1.0
+    out = np.zeros((len(values), 2), np.float32)
+    x = np.log1p(values[finite]) if use_log else values[finite]
+    out[finite, 0] = (x - mean) / std
+    out[~finite, 1] = 1.0
+    return out, {"mean": mean, "std": std, "log1p": use_log}
+
+
+def _standardise_numeric(values, owner, n):
+    """`standardise_numeric` scattered to rows `owner` of `n`; rows with no
+    value are flagged missing."""
     block = np.zeros((n, 2), np.float32)
     block[:, 1] = 1.0
-    x = values[finite]
-    x = np.log1p(x) if use_log else x
-    block[owner[finite], 0] = (x - mean) / std
-    block[owner[finite], 1] = 0.0
-    return block, {"mean": mean, "std": std, "log1p": use_log}
+    columns, stats = standardise_numeric(values)
+    block[owner] = columns
+    return block, stats
 
 
 def _skew(v):
@@ -1103,8 +1101,9 @@ def _hashed_text(col, owner, n, buckets):
     tokens = col.fillna("").astype(str).str.lower().str.findall(r"[a-z0-9]+")
     exploded = tokens.explode().dropna()
     rows = np.repeat(owner, tokens.str.len().to_numpy())
-    unique, inverse = np.unique(exploded.to_numpy().astype(str),
-                                return_inverse=True)
+    unique, inverse = np.unique(
+        exploded.to_numpy().astype(str), return_inverse=True
+    )
     bucket_of = np.array(
         [zlib.crc32(t.encode()) % buckets for t in unique], np.int64
     )
@@ -1112,4 +1111,3 @@ def _hashed_text(col, owner, n, buckets):
     np.add.at(block, (rows, bucket_of[inverse]), 1.0)
     norm = np.linalg.norm(block, axis=1, keepdims=True)
     return block / np.maximum(norm, 1e-12)
-

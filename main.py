@@ -1,63 +1,87 @@
 """The toolkit's one command line: `python main.py ACTION [--set k=v ...]`.
 
-Parses the action and config overrides, picks the Keras backend (before
-Keras is imported), seeds everything once, and dispatches. Nothing else.
+Parses the action and config overrides, checks the config (before any data
+is read), seeds everything once and calls the action, a function
+`action(cfg, **options)` imported from the module of its concern.
+
+Keras fixes its backend when it is first imported, so the backend
+(`KERAS_BACKEND`, else the config's `backend`, which `--set backend=...`
+may change) is chosen from the command line before the action modules,
+which import Keras, are imported.
 """
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
 import sys
+from typing import Callable
 
 import config as config_lib
+
+os.environ.setdefault(
+    "KERAS_BACKEND", config_lib.backend_from_argv(sys.argv[1:])
+)
+# TensorFlow's C++ start-up INFO lines (oneDNN, CUDA probing) are noise here.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import recommenders  # noqa: E402
+import train  # noqa: E402  (after the backend is chosen)
+from content import actions as content_actions  # noqa: E402
+from content.personas import actions as persona_actions  # noqa: E402
+from diffusion import actions as diffusion_actions  # noqa: E402
+from eval import actions as eval_actions  # noqa: E402
+from runtime import seeding  # noqa: E402
+from runtime import startup  # noqa: E402
+from serving import actions as serving_actions  # noqa: E402
+
 
 @dataclasses.dataclass(frozen=True)
 class Action:
     """One command of the dispatcher.
 
-    target: "module:function"; the function is called as
-        `function(cfg, **options)` with the action's own options.
+    run: the function, called as `run(cfg, **options)` with the action's
+        own options.
     doc: one line for `--help`.
     options: `(flag, argparse kwargs)` pairs that only this action accepts,
         e.g. `("--user", {"help": "raw user id"})`; the keyword passed to the
         function is argparse's `dest` (e.g. `user`).
     """
 
-    target: str
+    run: Callable
     doc: str
     options: tuple = ()
 
 
 ACTIONS = {
     "exploratory_data_analysis": Action(
-        "train:exploratory_data_analysis", "figures + JSON summary of the data"
+        train.exploratory_data_analysis, "figures + JSON summary of the data"
     ),
     "train_validation_model": Action(
-        "train:train_validation_model",
+        train.train_validation_model,
         "fit on train, select on valid, report test",
     ),
     "train_production_model": Action(
-        "train:train_production_model",
+        train.train_production_model,
         "fit on all data with the selected epochs",
     ),
     "compute_predictions": Action(
-        "train:compute_predictions",
+        train.compute_predictions,
         "write recommendations.json for every user",
     ),
     "benchmark": Action(
-        "train:benchmark", "models vs baselines on a protocol (P1/P2), with CIs"
+        eval_actions.benchmark,
+        "models vs baselines on a protocol (P1/P2), with CIs",
     ),
     "evaluate_cold_items": Action(
-        "train:evaluate_cold_items",
+        eval_actions.evaluate_cold_items,
         "rank held-out (never trained) items; cold start",
     ),
     "smoke": Action(
-        "train:smoke", "seconds-long end-to-end run of the template actions"
+        train.smoke, "seconds-long end-to-end run of the template actions"
     ),
     "build_feature_cache": Action(
-        "item_content:build_feature_cache",
+        content_actions.build_feature_cache,
         "encode item content (text, images) once into multimodal.cache_dir",
         (
             (
@@ -77,7 +101,7 @@ ACTIONS = {
         ),
     ),
     "evaluate_cold_start": Action(
-        "cold_start:evaluate_cold_start",
+        eval_actions.evaluate_cold_start,
         "cold items: multimodal vs id-only vs content baselines + ablation",
         (
             (
@@ -90,7 +114,7 @@ ACTIONS = {
         ),
     ),
     "build_personas": Action(
-        "personas:build_personas",
+        persona_actions.build_personas,
         "item personas (data clusters or LLM) -> personas.jsonl",
         (
             (
@@ -105,18 +129,18 @@ ACTIONS = {
         ),
     ),
     "evaluate_persona": Action(
-        "personas:evaluate_persona",
+        persona_actions.evaluate_persona,
         "leave-one-out: first stage vs persona rerank, segments, latency",
     ),
     "serve": Action(
-        "serve:serve", "HTTP API (FastAPI) over the production model"
+        serving_actions.serve, "HTTP API (FastAPI) over the production model"
     ),
     "train_prior": Action(
-        "diffusion.actions:train_prior",
+        diffusion_actions.train_prior,
         "fit the user-conditioned diffusion prior over item embeddings",
     ),
     "generate": Action(
-        "diffusion.actions:generate",
+        diffusion_actions.generate,
         "new item embeddings a user should like (+ nearest items), JSON",
         (
             ("--user", {"help": "generate: raw user id to generate for"}),
@@ -141,15 +165,15 @@ ACTIONS = {
         ),
     ),
     "evaluate_prior": Action(
-        "diffusion.actions:evaluate_prior",
+        diffusion_actions.evaluate_prior,
         "guidance sweep: NCF posterior check, retrieval, personalisation",
     ),
     "train_poster_decoder": Action(
-        "diffusion.poster_autoencoder:train_poster_decoder",
+        diffusion_actions.train_poster_decoder,
         "offline poster autoencoder: embeddings + decoder, held-out MSE/SSIM",
     ),
     "train_sd_adapter": Action(
-        "diffusion.decode:train_sd_adapter",
+        diffusion_actions.train_sd_adapter,
         "embedding -> Stable Diffusion context adapter (frozen KerasCV SD)",
     ),
 }
@@ -222,23 +246,19 @@ def main(argv=None):
         cfg = config_lib.override(
             config_lib.PRESETS[args.preset](), args.overrides
         )
+        recommenders.check_names(cfg)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    os.environ.setdefault("KERAS_BACKEND", cfg.backend)
-
-    import keras
-
-    keras.utils.set_random_seed(cfg.seed)
+    startup.prepare()
+    seeding.set_seed(cfg.seed)
     logging.getLogger(__name__).info(
         "action=%s backend=%s model=%s",
         args.action,
-        keras.backend.backend(),
+        os.environ["KERAS_BACKEND"],
         cfg.model.name,
     )
-    module, function = ACTIONS[args.action].target.split(":")
-    run = getattr(importlib.import_module(module), function)
     try:
-        run(cfg, **args.options)
+        ACTIONS[args.action].run(cfg, **args.options)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 

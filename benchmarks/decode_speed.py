@@ -20,115 +20,126 @@ writes all figures, the command, the machine's cores and load averages to
 `--json-out`. Timings on a shared machine are upper bounds.
 
 Example:
-    python benchmarks/decode_speed.py --set output.run_name=posters
-    python benchmarks/decode_speed.py --backends jax --decoders stable_diffusion
+    python -m benchmarks.decode_speed --set output.run_name=posters
+    python -m benchmarks.decode_speed --backends jax --decoders stable_diffusion
 """
 
-import argparse
-import json
+import logging
 import os
-import pathlib
-import resource
-import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import config as config_lib
 
-import config as config_lib  # noqa: E402
+# Keras reads the backend once, at import. The parent's (it only parses
+# options and starts children) is chosen as main.py does; each child's is
+# set by its parent.
+os.environ.setdefault(
+    "KERAS_BACKEND", config_lib.backend_from_argv(sys.argv[1:])
+)
 
-BACKENDS = ("jax", "tensorflow", "torch")
+import keras
+import numpy as np
+
+from benchmarks import common
+from diffusion import actions
+from diffusion import decode
+from runtime import runs
+
+SCRIPT = "decode_speed"
 DECODERS = ("poster_decoder", "stable_diffusion")
-DEFAULT_JSON_OUT = ROOT / "benchmarks" / "results" / "decode_speed.json"
-RESULT_PREFIX = "RESULT "
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = common.parser(SCRIPT, __doc__.split("\n\n")[0])
+    common.add_backends_option(parser)
+    parser.add_argument(
+        "--decoders",
+        default=",".join(DECODERS),
+        help="comma-separated subset of %(default)s",
     )
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--decoders", default=",".join(DECODERS))
-    parser.add_argument("--poster-n", type=int, default=64,
-                        help="embeddings decoded by the poster decoder")
-    parser.add_argument("--sd-size", type=int, default=64,
-                        help="Stable Diffusion pixels per side (x64)")
-    parser.add_argument("--sd-n", type=int, default=1,
-                        help="embeddings decoded by Stable Diffusion")
-    parser.add_argument("--sd-steps", type=int, default=2,
-                        help="DDIM steps per Stable Diffusion decode")
-    parser.add_argument("--set", dest="overrides", action="append",
-                        default=[], metavar="KEY=VALUE",
-                        help="config override, as in main.py")
-    parser.add_argument("--json-out", type=pathlib.Path,
-                        default=DEFAULT_JSON_OUT)
-    parser.add_argument("--timeout", type=int, default=3600,
-                        help="seconds per backend")
-    parser.add_argument("--child", action="store_true",
-                        help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--poster-n",
+        type=int,
+        default=64,
+        help="embeddings decoded by the poster decoder",
+    )
+    parser.add_argument(
+        "--sd-size",
+        type=int,
+        default=64,
+        help="Stable Diffusion pixels per side (x64)",
+    )
+    parser.add_argument(
+        "--sd-n",
+        type=int,
+        default=1,
+        help="embeddings decoded by Stable Diffusion",
+    )
+    parser.add_argument(
+        "--sd-steps",
+        type=int,
+        default=2,
+        help="DDIM steps per Stable Diffusion decode",
+    )
+    common.add_set_option(parser, "config override, as in main.py")
+    common.add_json_out_option(parser, SCRIPT)
+    common.add_timeout_option(parser, 3600.0)
+    common.add_child_option(parser)
+    args = parser.parse_args(argv)
+    args.backends = common.parse_choices(
+        parser, "--backends", args.backends, common.BACKENDS
+    )
+    args.decoders = common.parse_choices(
+        parser, "--decoders", args.decoders, DECODERS
+    )
+    common.check_overrides(parser, args.overrides)
+    return args
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     if args.child:
-        print(RESULT_PREFIX + json.dumps(measure(args)), flush=True)
-        return
-    results = {}
-    for backend in args.backends.split(","):
-        print(f"--- {backend}", flush=True)
-        results[backend] = run_child(backend, argv or sys.argv[1:],
-                                     args.timeout)
+        common.print_result(measure(args))
+        return 0
+    command = common.command_line(SCRIPT, argv)
+    machine = common.machine_info()
+    common.print_header(command, machine)
+    results = common.run_backends(
+        SCRIPT, args.backends, ["--child", *argv], args.timeout
+    )
+    print()
     print(format_table(results))
+    print()
+    common.finish_machine(machine)
+    failed = common.print_failures(results)
     payload = {
-        "command": "python benchmarks/decode_speed.py "
-        + " ".join(argv or sys.argv[1:]),
-        "cpus": os.cpu_count(),
-        "load_average_end": os.getloadavg(),
+        "benchmark": SCRIPT,
+        "date": common.now(),
+        "command": command,
+        "machine": machine,
         "results": results,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(payload, indent=2))
-    print(f"written to {args.json_out}")
-
-
-def run_child(backend, argv, timeout):
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", *argv],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )
-    lines = [ln for ln in proc.stdout.splitlines()
-             if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode or not lines:
-        return {"ok": False, "returncode": proc.returncode,
-                "stderr_tail": proc.stderr[-3000:]}
-    return {"ok": True, "wall_s": round(time.perf_counter() - start, 1),
-            **json.loads(lines[-1][len(RESULT_PREFIX):])}
+    runs.write_json(args.json_out, payload)
+    print(f"wrote {args.json_out}")
+    return 1 if failed else 0
 
 
 def measure(args):
-    import logging
-
-    import keras
-    import numpy as np
-
-    logging.basicConfig(level=logging.WARNING)
     cfg = config_lib.override(config_lib.default(), args.overrides)
-    keras.utils.set_random_seed(cfg.seed)
-    out = {"backend": keras.backend.backend(),
-           "load_average_start": os.getloadavg()}
-    decoders = args.decoders.split(",")
+    common.start_child(cfg.seed)
+    logging.basicConfig(level=logging.WARNING)
+    out = {
+        "backend": keras.backend.backend(),
+        "load_average_start": os.getloadavg(),
+    }
+    decoders = args.decoders
     if "poster_decoder" in decoders:
-        from diffusion import decode
-        from diffusion import poster_autoencoder
-
-        dec = decode.make_decoder(config_lib.override(
-            cfg, ["decode.decoder=poster_decoder"]))
-        _, emb = poster_autoencoder.poster_embeddings(cfg)
+        dec = actions.make_decoder(
+            config_lib.override(cfg, ["decode.decoder=poster_decoder"])
+        )
+        _, emb = actions.poster_embeddings(cfg)
         emb = emb[: args.poster_n]
         start = time.perf_counter()
         dec.decode(emb)
@@ -143,25 +154,29 @@ def measure(args):
             "s_per_image": round(warm / len(images), 5),
         }
     if "stable_diffusion" in decoders:
-        from diffusion import decode
-
         start = time.perf_counter()
-        parts = decode.load_stable_diffusion(args.sd_size, args.sd_size,
-                                             "random")
+        parts = decode.load_stable_diffusion(
+            args.sd_size, args.sd_size, "random"
+        )
         build = time.perf_counter() - start
         base, uncond = decode.prompt_contexts(parts["text_encoder"])
-        adapter = decode.EmbeddingAdapter(cfg.decode.embedding_dim,
-                                          cfg.decode.num_context_tokens)
+        adapter = decode.EmbeddingAdapter(
+            cfg.decode.embedding_dim, cfg.decode.num_context_tokens
+        )
         sd = decode.StableDiffusionDecoder(
             adapter, parts["diffusion_model"], parts["decoder"], base, uncond
         )
-        emb = np.random.default_rng(0).normal(
-            size=(args.sd_n, cfg.decode.embedding_dim)).astype(np.float32)
+        emb = (
+            np.random.default_rng(0)
+            .normal(size=(args.sd_n, cfg.decode.embedding_dim))
+            .astype(np.float32)
+        )
         timings = []
         for _ in range(2):
             start = time.perf_counter()
-            images = sd.decode(emb, seed=0, guidance_scale=7.5,
-                               steps=args.sd_steps)
+            images = sd.decode(
+                emb, seed=0, guidance_scale=7.5, steps=args.sd_steps
+            )
             timings.append(time.perf_counter() - start)
         out["stable_diffusion"] = {
             "weights": "random",
@@ -173,23 +188,26 @@ def measure(args):
             "first_call_s": round(timings[0], 1),
             "s_per_image": round(timings[1] / len(images), 2),
             "s_per_step": round(timings[1] / args.sd_steps, 2),
-            "params_m": round(sum(
-                parts[k].count_params() for k in parts) / 1e6, 1),
+            "params_m": round(
+                sum(parts[k].count_params() for k in parts) / 1e6, 1
+            ),
         }
-    out["peak_rss_mb"] = round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["peak_rss_mb"] = round(common.peak_rss_mib())
     out["load_average_end"] = os.getloadavg()
     return out
 
 
 def format_table(results):
-    rows = ["| backend | poster s/image | SD build s | SD first call s | "
-            "SD s/image | SD s/step | peak RSS MB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| backend | poster s/image | SD build s | SD first call s | "
+        "SD s/image | SD s/step | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for backend, r in results.items():
         if not r.get("ok"):
-            rows.append(f"| {backend} | failed (exit {r.get('returncode')}) "
-                        "| | | | | |")
+            rows.append(
+                f"| {backend} | failed (exit {r.get('returncode')}) | | | | | |"
+            )
             continue
         p = r.get("poster_decoder", {})
         s = r.get("stable_diffusion", {})
@@ -203,4 +221,4 @@ def format_table(results):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,46 +9,50 @@ and their ratio, and writes `benchmarks/results/feature_cache.json`.
 
 Usage (repository root):
 
-    python benchmarks/feature_cache.py                  # MiniLM text
-    python benchmarks/feature_cache.py --text-encoder hashed
+    python -m benchmarks.feature_cache                  # MiniLM text
+    python -m benchmarks.feature_cache --text-encoder hashed
 """
 
-import argparse
-import json
 import os
-import pathlib
-import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Keras reads the backend once, at import (`data` and `content` import it).
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import config  # noqa: E402
-import data  # noqa: E402
-import item_content  # noqa: E402
+import config
+import data
+from benchmarks import common
+from content import items
+from runtime import runs
+from runtime import startup
+
+SCRIPT = "feature_cache"
 
 
 def feature_stage(cfg, item_ids):
-    """One uncached-in-memory pass; returns (seconds, cache hits)."""
+    """One uncached-in-memory pass; returns (seconds, cache hits).
+
+    The steps of `content.items.multimodal_item_features`, called one by
+    one: that function keeps its last results in memory, and the second
+    pass must read the cache on disk."""
     mm = cfg.multimodal
     start = time.perf_counter()
-    content = item_content.load_item_content(
+    content = items.load_item_content(
         item_ids,
         text_columns=mm.text_columns,
         numeric_columns=mm.numeric_columns,
-        image_pattern=item_content.resolve_shared(mm.image_pattern),
-        tables=item_content.content_tables(mm, cfg.data.item_features),
+        image_pattern=config.resolve_shared(mm.image_pattern),
+        tables=items.content_tables(mm, cfg.data.item_features),
     )
     options = (
         {"sequence_length": mm.text_sequence_length}
         if mm.text_encoder == "minilm"
         else {"dim": mm.hashed_text_dim}
     )
-    table = item_content.build_item_features(
+    table = items.build_item_features(
         content,
-        item_content.FeatureCache(mm.cache_dir),
+        items.FeatureCache(mm.cache_dir),
         modalities=mm.modalities,
         text_encoder=mm.text_encoder,
         text_options=options,
@@ -59,12 +63,14 @@ def feature_stage(cfg, item_ids):
     return time.perf_counter() - start, table.stats["cache"]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text-encoder", default="minilm",
-                        choices=["minilm", "hashed"])
+def main(argv=None):
+    parser = common.parser(SCRIPT, __doc__.splitlines()[0])
+    parser.add_argument(
+        "--text-encoder", default="minilm", choices=["minilm", "hashed"]
+    )
     parser.add_argument("--image-size", type=int, default=32)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    startup.prepare()
     with tempfile.TemporaryDirectory(prefix="feature-cache-") as folder:
         cfg = config.override(
             config.Config(),
@@ -94,9 +100,7 @@ def main():
         f"cold cache {cold:.2f}s {cold_hits}, warm cache {warm:.2f}s "
         f"{warm_hits}: {cold / warm:.1f}x faster"
     )
-    out = ROOT / "benchmarks" / "results" / "feature_cache.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data.atomic_write_text(out, json.dumps(result, indent=2))
+    runs.write_json(common.default_json_out(SCRIPT), result)
 
 
 if __name__ == "__main__":

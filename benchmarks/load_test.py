@@ -23,18 +23,14 @@ client and the server share the machine: on a small or busy machine the
 figures are upper bounds for the server alone.
 
 Example:
-    python benchmarks/load_test.py --concurrency 8 --requests 2000
-    python benchmarks/load_test.py --url http://127.0.0.1:8000 \\
+    python -m benchmarks.load_test --concurrency 8 --requests 2000
+    python -m benchmarks.load_test --url http://127.0.0.1:8000 \\
         --scenarios single
 """
 
-import argparse
 import asyncio
-import datetime
 import json
 import os
-import pathlib
-import shlex
 import socket
 import subprocess
 import sys
@@ -43,55 +39,79 @@ import time
 import httpx
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import config as config_lib
 
-import config as config_lib  # noqa: E402
+# `benchmarks.common` imports Keras, which reads the backend once, at
+# import: choose it as main.py does (never keras.json's). The client runs
+# no model; the server picks its own backend.
+os.environ.setdefault(
+    "KERAS_BACKEND", config_lib.backend_from_argv(sys.argv[1:])
+)
 
-DEFAULT_JSON_OUT = ROOT / "benchmarks" / "results" / "load_test.json"
+from benchmarks import common
+from runtime import runs
+
+SCRIPT = "load_test"
 SCENARIOS = ("single", "batch", "fold_in")
+SERVER_LOG = common.RESULTS_DIR / "load_test_server.log"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="load_test.py",
-        description="p50/p95/p99 latency and throughput of the recommendation "
+    parser = common.parser(
+        SCRIPT,
+        "p50/p95/p99 latency and throughput of the recommendation "
         "service on loopback.",
     )
     parser.add_argument("--url", help="target this running server instead")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=1000,
-                        help="timed requests per scenario")
-    parser.add_argument("--warmup", type=int, default=50,
-                        help="untimed requests per scenario")
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="timed requests per scenario"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=50, help="untimed requests per scenario"
+    )
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="users per batch request")
-    parser.add_argument("--history", type=int, default=20,
-                        help="items per fold-in request")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="users per batch request"
+    )
+    parser.add_argument(
+        "--history", type=int, default=20, help="items per fold-in request"
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of %(default)s",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--startup-timeout", type=float, default=600.0,
-                        help="seconds to wait for the server's /health")
-    parser.add_argument("--set", dest="overrides", action="append",
-                        default=[], metavar="KEY=VALUE",
-                        help="config override for the server (repeatable); "
-                        "also picks the run whose ids are sampled")
-    parser.add_argument("--json-out", type=pathlib.Path,
-                        default=DEFAULT_JSON_OUT)
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the server's /health",
+    )
+    common.add_set_option(
+        parser,
+        "config override for the server (repeatable); "
+        "also picks the run whose ids are sampled",
+    )
+    common.add_json_out_option(parser, SCRIPT)
     args = parser.parse_args(argv)
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s]
-    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
-    if unknown:
-        parser.error(f"unknown scenarios {unknown}; choose from {SCENARIOS}")
+    args.scenarios = common.parse_choices(
+        parser, "--scenarios", args.scenarios, SCENARIOS
+    )
     for name in ("concurrency", "requests", "k", "batch_size", "history"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    common.check_overrides(parser, args.overrides)
     return args
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    command = common.command_line(SCRIPT, argv)
+    machine = common.machine_info()
+    common.print_header(command, machine)
     cfg = config_lib.override(config_lib.default(), args.overrides)
     encoders_path = cfg.run_dir / "production" / "encoders.json"
     if not encoders_path.is_file():
@@ -117,8 +137,9 @@ def main(argv=None):
         if server is not None:
             stop_server(server)
     report = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "benchmark": SCRIPT,
+        "date": common.now(),
+        "command": command,
         "url": url,
         "concurrency": args.concurrency,
         "requests": args.requests,
@@ -127,24 +148,27 @@ def main(argv=None):
         "history": args.history,
         "server": version,
         "cpu_count": os.cpu_count(),
+        "machine": machine,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "scenarios": results,
     }
     print(format_table(report))
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(report, indent=2))
+    runs.write_json(args.json_out, report)
     print(f"\nJSON -> {args.json_out}")
     return report
 
 
 async def run_scenarios(url, args, user_ids, item_ids):
     rng = np.random.default_rng(args.seed)
-    limits = httpx.Limits(max_connections=args.concurrency,
-                          max_keepalive_connections=args.concurrency)
+    limits = httpx.Limits(
+        max_connections=args.concurrency,
+        max_keepalive_connections=args.concurrency,
+    )
     results = {}
-    async with httpx.AsyncClient(base_url=url, limits=limits,
-                                 timeout=60.0) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=60.0
+    ) as client:
         for name in args.scenarios:
             make = request_maker(name, args, user_ids, item_ids, rng)
             await drive(client, make, args.warmup, args.concurrency)
@@ -166,15 +190,25 @@ def request_maker(name, args, user_ids, item_ids, rng):
 
     def batch():
         picked = rng.choice(len(user_ids), args.batch_size, replace=False)
-        return "POST", "/recommend", {
-            "users": [user_ids[i] for i in picked], "k": k,
-        }
+        return (
+            "POST",
+            "/recommend",
+            {
+                "users": [user_ids[i] for i in picked],
+                "k": k,
+            },
+        )
 
     def fold_in():
         picked = rng.choice(len(item_ids), args.history, replace=False)
-        return "POST", "/recommend", {
-            "items": [item_ids[i] for i in picked], "k": k,
-        }
+        return (
+            "POST",
+            "/recommend",
+            {
+                "items": [item_ids[i] for i in picked],
+                "k": k,
+            },
+        )
 
     return {"single": single, "batch": batch, "fold_in": fold_in}[name]
 
@@ -210,9 +244,7 @@ def summarise(latencies, errors, wall, users_per_request):
     ms = np.asarray(latencies) * 1000.0
     done = len(ms)
     pct = (
-        np.percentile(ms, [50, 95, 99]).tolist()
-        if done
-        else [float("nan")] * 3
+        np.percentile(ms, [50, 95, 99]).tolist() if done else [float("nan")] * 3
     )
     return {
         "ok": done,
@@ -264,16 +296,20 @@ def start_server(overrides):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log_path = DEFAULT_JSON_OUT.parent / "load_test_server.log"
+    log_path = SERVER_LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "main.py"), "-q", "serve"]
+    command = [sys.executable, str(common.ROOT / "main.py"), "-q", "serve"]
     for item in overrides:
         command += ["--set", item]
-    command += ["--set", "serve.host='127.0.0.1'", "--set",
-                f"serve.port={port}"]
+    command += [
+        "--set",
+        "serve.host='127.0.0.1'",
+        "--set",
+        f"serve.port={port}",
+    ]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT
         )
     print(f"started server pid={server.pid} port={port} (log: {log_path})")
     return f"http://127.0.0.1:{port}", server, log_path

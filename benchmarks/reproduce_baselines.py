@@ -16,25 +16,26 @@ flagged. Full reports (JSON, Markdown, PNG, per-user metrics) go to
 beside it.
 
 Example:
-    python benchmarks/reproduce_baselines.py
-    python benchmarks/reproduce_baselines.py --protocols p2 --no-progress
+    python -m benchmarks.reproduce_baselines
+    python -m benchmarks.reproduce_baselines --protocols p2 --no-progress
 """
 
-import argparse
-import json
 import logging
 import os
 import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Keras reads the backend once, at import (`eval.protocols` imports it).
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from eval import benchmark  # noqa: E402
-from eval import protocols  # noqa: E402
+from benchmarks import common
+from eval import benchmark
+from eval import protocols
+from runtime import runs
+from runtime import startup
 
+SCRIPT = "reproduce_baselines"
 logger = logging.getLogger("reproduce_baselines")
 
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10", "mrr@10")
@@ -98,30 +99,29 @@ REFERENCE_PARAMS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    parser = common.parser(SCRIPT, __doc__.split("\n")[0])
     parser.add_argument("--protocols", nargs="+", default=["p1", "p2"])
     parser.add_argument(
-        "--out", type=pathlib.Path, default=ROOT / "runs" / "reproduce"
+        "--out", type=pathlib.Path, default=common.ROOT / "runs" / "reproduce"
     )
-    parser.add_argument(
-        "--json-out",
-        type=pathlib.Path,
-        default=ROOT / "benchmarks" / "results" / "reproduce_baselines.json",
-    )
+    common.add_json_out_option(parser, SCRIPT)
     parser.add_argument("--num-bootstrap", type=int, default=1000)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    args.protocols = [p.lower() for p in args.protocols]
+    for key in args.protocols:
+        if key not in REFERENCE:
+            parser.error(f"unknown protocol {key!r}: use p1 and/or p2")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
+    startup.prepare()
+    command = common.command_line(SCRIPT, argv)
+    machine = common.machine_info()
     started = time.perf_counter()
     results = {}
-    for key in (p.lower() for p in args.protocols):
-        if key not in REFERENCE:
-            parser.error(f"unknown protocol {key!r}: use p1 and/or p2")
+    for key in args.protocols:
         try:
             split = protocols.load_protocol(key)
         except protocols.DatasetUnavailable as e:
@@ -131,15 +131,19 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
     text = _format(results, total)
     print(text)
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    machine["loadavg_end"] = list(os.getloadavg())
     payload = {
+        "benchmark": SCRIPT,
+        "date": common.now(),
+        "command": command,
+        "machine": machine,
         "tolerance": TOLERANCE,
         "checked": list(CHECKED),
         "total_seconds": total,
         "protocols": results,
     }
-    _write(args.json_out, json.dumps(payload, indent=2))
-    _write(args.json_out.with_suffix(".md"), text + "\n")
+    runs.write_json(args.json_out, payload)
+    runs.atomic_write_text(args.json_out.with_suffix(".md"), text + "\n")
     flagged = [
         (key, row["method"])
         for key, r in results.items()
@@ -282,12 +286,6 @@ def _params(params):
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in params.items()
     )
-
-
-def _write(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ Runs (each in a child process: `KERAS_BACKEND` is read once per process):
 
 - for every backend in `--backends`, model in `--models` and jit mode
   (`jit_compile` on and off on JAX and TensorFlow; torch always runs
-  eagerly, `train.py` turns its compile off): `KerasRecommender.fit` on the
-  P1 train split of the configured data (the shipped MovieLens
+  eagerly, `KerasRecommender` turns its compile off): `KerasRecommender.fit`
+  on the P1 train split of the configured data (the shipped MovieLens
   ml-latest-small by default) for `--epochs` epochs; "s/epoch" is the mean
   of the epochs after the first (which includes compilation), examples/s
-  is train examples over it; then `train.recommend` for all users, top-10
-  (what `compute_predictions` does), timed, and the child's peak RSS;
+  is train examples over it; then `serving.retrieval.top_k_by_score` for
+  all users, top-10 (every item scored, ranked blockwise), timed, and the
+  child's peak RSS;
 - with `--reference` (default on), the same two-tower fit on JAX with the
   batches built by `PerExampleBatches`: the straightforward way, one
   example at a time in Python (Python lists and sets, `random`, rejection
@@ -20,78 +21,90 @@ Runs (each in a child process: `KERAS_BACKEND` is read once per process):
   one epoch of batches ("pipeline s/epoch").
 
 Example:
-    python benchmarks/throughput.py
-    python benchmarks/throughput.py --backends jax --models two_tower
+    python -m benchmarks.throughput
+    python -m benchmarks.throughput --backends jax --models two_tower
 """
 
 import argparse
-import datetime
-import json
 import os
-import pathlib
 import random
-import resource
-import shlex
-import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import config as config_lib
 
-import config as config_lib  # noqa: E402
+# Keras reads the backend once, at import. The parent's (it only parses
+# options and starts children) is chosen as main.py does; each child's is
+# set by its parent.
+os.environ.setdefault(
+    "KERAS_BACKEND", config_lib.backend_from_argv(sys.argv[1:])
+)
 
-BACKENDS = ("jax", "tensorflow", "torch")
+import keras
+import numpy as np
+
+import data
+import recommenders
+from benchmarks import common
+from runtime import runs
+from serving import retrieval
+
+SCRIPT = "throughput"
 MODELS = ("two_tower", "ncf")
-DEFAULT_JSON_OUT = ROOT / "benchmarks" / "results" / "throughput.json"
-RESULT_PREFIX = "RESULT "
+JIT_MODES = ("on", "off")
 TOP_K = 10
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="throughput.py",
-        description="examples/s, s/epoch, predict time and peak RSS per "
+    parser = common.parser(
+        SCRIPT,
+        "examples/s, s/epoch, predict time and peak RSS per "
         "backend, model and jit mode,\nand the speed-up over a per-example "
         "Python input pipeline.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--jit", default="on,off",
-                        help="jit modes to run where they apply: on,off")
-    parser.add_argument("--epochs", type=int, default=3,
-                        help=">= 2; epoch 1 (compilation) is left out")
-    parser.add_argument("--no-reference", dest="reference",
-                        action="store_false",
-                        help="skip the per-example Python pipeline")
-    parser.add_argument("--set", dest="overrides", action="append",
-                        default=[], metavar="KEY=VALUE")
-    parser.add_argument("--json-out", type=pathlib.Path,
-                        default=DEFAULT_JSON_OUT)
-    parser.add_argument("--timeout", type=float, default=3600.0)
-    parser.add_argument("--child", action="store_true",
-                        help=argparse.SUPPRESS)
+    common.add_backends_option(parser)
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated subset of %(default)s",
+    )
+    parser.add_argument(
+        "--jit",
+        default=",".join(JIT_MODES),
+        help="jit modes to run where they apply: on,off",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help=">= 2; epoch 1 (compilation) is left out",
+    )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the per-example Python pipeline",
+    )
+    common.add_set_option(
+        parser, "config override forwarded to every child (repeatable)"
+    )
+    common.add_json_out_option(parser, SCRIPT)
+    common.add_timeout_option(parser, 3600.0, per="run")
+    common.add_child_option(parser)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--jit-on", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--pipeline", default="vectorised",
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pipeline", default="vectorised", help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
-    args.backends = [b for b in args.backends.split(",") if b]
-    args.models = [m for m in args.models.split(",") if m]
-    args.jit = [j for j in args.jit.split(",") if j]
-    if not set(args.backends) <= set(BACKENDS) or not args.backends:
-        parser.error(f"`--backends` must be a subset of {BACKENDS}.")
-    if not set(args.models) <= set(MODELS) or not args.models:
-        parser.error(f"`--models` must be a subset of {MODELS}.")
-    if not set(args.jit) <= {"on", "off"} or not args.jit:
-        parser.error("`--jit` must be a subset of on,off.")
+    args.backends = common.parse_choices(
+        parser, "--backends", args.backends, common.BACKENDS
+    )
+    args.models = common.parse_choices(parser, "--models", args.models, MODELS)
+    args.jit = common.parse_choices(parser, "--jit", args.jit, JIT_MODES)
     if args.epochs < 2:
         parser.error(f"`--epochs` must be >= 2. Received: {args.epochs}")
-    try:
-        config_lib.override(config_lib.default(), args.overrides)
-    except ValueError as e:
-        parser.error(str(e))
+    common.check_overrides(parser, args.overrides)
     return args
 
 
@@ -100,21 +113,20 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         return run_child(args)
-    command = shlex.join([sys.executable, sys.argv[0], *argv])
-    print(f"command: {command}")
-    print(f"load average at start: {os.getloadavg()}")
-    runs = []
+    command = common.command_line(SCRIPT, argv)
+    machine = common.machine_info()
+    common.print_header(command, machine)
+    plan = []
     for backend in args.backends:
         for model in args.models:
             modes = ["off"] if backend == "torch" else args.jit
             for jit in modes:
-                runs.append((backend, model, jit, "vectorised"))
+                plan.append((backend, model, jit, "vectorised"))
     if args.reference:
-        runs.append(("jax", "two_tower", "on", "per_example"))
+        plan.append(("jax", "two_tower", "on", "per_example"))
     results = []
-    for backend, model, jit, pipeline in runs:
-        print(f"running {backend} {model} jit={jit} {pipeline} ...",
-              flush=True)
+    for backend, model, jit, pipeline in plan:
+        print(f"running {backend} {model} jit={jit} {pipeline} ...", flush=True)
         results.append(run_one(backend, model, jit, pipeline, args))
     print()
     print(format_table(results))
@@ -122,54 +134,66 @@ def main(argv=None):
     if ratio:
         print()
         print(ratio["text"])
+    print()
+    common.finish_machine(machine)
+    common.print_failures({_label(r): r for r in results})
     payload = {
-        "benchmark": "throughput",
-        "date": datetime.datetime.now().astimezone().isoformat(
-            timespec="seconds"
-        ),
+        "benchmark": SCRIPT,
+        "date": common.now(),
         "command": command,
-        "cpu_count": os.cpu_count(),
-        "loadavg_end": list(os.getloadavg()),
+        "epochs": args.epochs,
+        "overrides": args.overrides,
+        "machine": machine,
         "results": results,
         "speedup": ratio,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json_out.with_name(f".{args.json_out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, args.json_out)
+    runs.write_json(args.json_out, payload)
     print(f"wrote {args.json_out}")
     return 0 if all(r["ok"] for r in results) else 1
 
 
 def run_one(backend, model, jit, pipeline, args):
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child",
-           "--model", model, "--jit-on", str(int(jit == "on")),
-           "--pipeline", pipeline, "--epochs", str(args.epochs)]
-    for assignment in args.overrides:
-        cmd += ["--set", assignment]
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=args.timeout)
-    lines = [ln[len(RESULT_PREFIX):] for ln in proc.stdout.splitlines()
-             if ln.startswith(RESULT_PREFIX)]
-    base = {"backend": backend, "model": model, "jit": jit,
-            "pipeline": pipeline, "wall_s": time.perf_counter() - start}
-    if proc.returncode != 0 or not lines:
-        return {**base, "ok": False,
-                "stderr_tail": "\n".join(proc.stderr.splitlines()[-20:])}
-    return {**base, "ok": True, **json.loads(lines[-1])}
+    child_args = [
+        "--child",
+        "--model",
+        model,
+        "--jit-on",
+        str(int(jit == "on")),
+        "--pipeline",
+        pipeline,
+        "--epochs",
+        str(args.epochs),
+        *common.set_args(args.overrides),
+    ]
+    base = {
+        "backend": backend,
+        "model": model,
+        "jit": jit,
+        "pipeline": pipeline,
+    }
+    return {
+        **base,
+        **common.run_child(SCRIPT, child_args, backend, args.timeout),
+    }
+
+
+def _label(r):
+    return f"{r['backend']} {r['model']} jit={r['jit']} {r['pipeline']}"
 
 
 def format_table(results):
-    head = ("| backend | model | jit | input pipeline | first epoch s | "
-            "s/epoch | examples/s | pipeline alone s/epoch | "
-            "predict all users s | peak RSS MiB |")
+    head = (
+        "| backend | model | jit | input pipeline | first epoch s | "
+        "s/epoch | examples/s | pipeline alone s/epoch | "
+        "predict all users s | peak RSS MiB |"
+    )
     lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if not r["ok"]:
-            lines.append(f"| {r['backend']} | {r['model']} | {r['jit']} | "
-                         f"{r['pipeline']} | FAILED | | | | | |")
+            lines.append(
+                f"| {r['backend']} | {r['model']} | {r['jit']} | "
+                f"{r['pipeline']} | FAILED | | | | | |"
+            )
             continue
         lines.append(
             f"| {r['backend']} | {r['model']} | {r['jit']} | "
@@ -184,9 +208,15 @@ def format_table(results):
 def speedup(results):
     """Per-example reference vs the vectorised pipeline, same model."""
     ref = [r for r in results if r["ok"] and r["pipeline"] == "per_example"]
-    fast = [r for r in results if r["ok"] and r["pipeline"] == "vectorised"
-            and r["backend"] == "jax" and r["model"] == "two_tower"
-            and r["jit"] == "on"]
+    fast = [
+        r
+        for r in results
+        if r["ok"]
+        and r["pipeline"] == "vectorised"
+        and r["backend"] == "jax"
+        and r["model"] == "two_tower"
+        and r["jit"] == "on"
+    ]
     if not ref or not fast:
         return None
     ref, fast = ref[0], fast[0]
@@ -211,26 +241,29 @@ def speedup(results):
 
 
 def run_child(args):
-    import keras
-    import numpy as np
-
-    import data
-    import train
-
     cfg = config_lib.override(
         config_lib.default(),
-        args.overrides + [f"model.name={args.model!r}", "train.verbose=0",
-                          f"train.jit_compile={bool(args.jit_on)}"],
+        args.overrides
+        + [
+            f"model.name={args.model!r}",
+            "train.verbose=0",
+            f"train.jit_compile={bool(args.jit_on)}",
+        ],
     )
-    keras.utils.set_random_seed(cfg.seed)
+    common.start_child(cfg.seed)
     dataset = data.load(cfg.data)
     train_split, _, _ = data.split(
-        dataset.interactions, cfg.data.split, cfg.data.valid_fraction,
-        cfg.data.test_fraction, seed=cfg.seed,
+        dataset.interactions,
+        cfg.data.split,
+        cfg.data.valid_fraction,
+        cfg.data.test_fraction,
+        seed=cfg.seed,
     )
-    batches_cls = (per_example_batches_class()
-                   if args.pipeline == "per_example"
-                   else data.InteractionBatches)
+    batches_cls = (
+        PerExampleBatches
+        if args.pipeline == "per_example"
+        else data.InteractionBatches
+    )
     made = []
 
     def make_batches(*a, **k):
@@ -239,17 +272,9 @@ def run_child(args):
 
     # KerasRecommender builds its batches through data.InteractionBatches.
     data.InteractionBatches = make_batches
-    timer = _epoch_timer()
-    rec = train.make_recommender(cfg, dataset)
-    compile_ = rec._compile
-
-    def compile_with_timer(model):
-        compile_(model)
-        fit = model.fit
-        model.fit = lambda *a, callbacks=None, **k: fit(
-            *a, callbacks=list(callbacks or []) + [timer], **k)
-
-    rec._compile = compile_with_timer
+    timer = common.EpochTimer()
+    rec = recommenders.build(cfg, dataset)
+    common.time_fit(rec, timer)
     rec.fit(train_split, None, epochs=args.epochs)
     epoch_s = float(np.mean(timer.seconds[1:]))
 
@@ -260,163 +285,164 @@ def run_child(args):
     pipeline_epoch_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    train.recommend(rec, np.arange(dataset.interactions.num_users),
-                    dataset.interactions.to_csr(), TOP_K,
-                    cfg.eval.memory_budget_mb, progress=False)
+    retrieval.top_k_by_score(
+        rec,
+        np.arange(dataset.interactions.num_users),
+        dataset.interactions.to_csr(),
+        TOP_K,
+        cfg.eval.memory_budget_mb,
+        progress=False,
+    )
     predict_s = time.perf_counter() - start
-    result = {
-        "keras_backend": keras.backend.backend(),
-        "jit_compile_used": bool(getattr(rec.model, "jit_compile", False)),
-        "train_examples": len(train_split),
-        "batch_size": cfg.train.batch_size,
-        "epoch_seconds": timer.seconds,
-        "first_epoch_s": timer.seconds[0],
-        "epoch_s": epoch_s,
-        "examples_per_s": len(train_split) / epoch_s,
-        "pipeline_epoch_s": pipeline_epoch_s,
-        "predict_s": predict_s,
-        "num_users": int(dataset.interactions.num_users),
-        "num_items": int(dataset.interactions.num_items),
-        "peak_rss_mib": resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "loadavg": list(os.getloadavg()),
-        "final_loss": rec.fit_history.get("loss", [None])[-1],
-    }
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    common.print_result(
+        {
+            "keras_backend": keras.backend.backend(),
+            "jit_compile_used": bool(getattr(rec.model, "jit_compile", False)),
+            "train_examples": len(train_split),
+            "batch_size": cfg.train.batch_size,
+            "epoch_seconds": timer.seconds,
+            "first_epoch_s": timer.seconds[0],
+            "epoch_s": epoch_s,
+            "examples_per_s": len(train_split) / epoch_s,
+            "pipeline_epoch_s": pipeline_epoch_s,
+            "predict_s": predict_s,
+            "num_users": int(dataset.interactions.num_users),
+            "num_items": int(dataset.interactions.num_items),
+            "peak_rss_mib": common.peak_rss_mib(),
+            "loadavg": list(os.getloadavg()),
+            "final_loss": rec.fit_history.get("loss", [None])[-1],
+        }
+    )
     return 0
 
 
-def _epoch_timer():
-    import keras
+class PerExampleBatches(keras.utils.PyDataset):
+    """The reference input pipeline: the batches `data.InteractionBatches`
+    makes (same keys, shapes and meaning), built one example at a time in
+    Python, as a first implementation usually is.
 
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
+    Per example: the user's most recent items from a Python list (target
+    hidden, each other slot dropped with probability `history_dropout`
+    using `random.random()`), padded; the item's feature row and log
+    probability copied; negatives drawn with `random.randrange` and redrawn
+    while the user has seen them. Accepts `data.InteractionBatches`'s
+    arguments so that `KerasRecommender` can be given it unchanged.
+    """
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
+    def __init__(
+        self,
+        interactions,
+        batch_size,
+        seed=0,
+        history=None,
+        history_dropout=0.0,
+        user_features=None,
+        item_features=None,
+        num_negatives=0,
+        sampler=None,
+        item_logq=None,
+        labels=None,
+        shuffle=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        x = interactions
+        self.batch_size = batch_size
+        self.seed = seed
+        self.history_length = 0 if history is None else history.shape[1]
+        self.history_dropout = history_dropout
+        self.user_features = user_features
+        self.item_features = item_features
+        self.num_negatives = num_negatives
+        self.num_items = x.num_items
+        self.item_logq = item_logq
+        self.labels = None if labels is None else labels.tolist()
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.pairs = list(zip(x.user.tolist(), x.item.tolist()))
+        events = sorted(
+            zip(x.user.tolist(), x.ts.tolist(), x.item.tolist()),
+            key=lambda e: (e[0], -e[1], -e[2]),
+        )
+        self.recent = {}
+        self.seen = {}
+        for user, _, item in events:
+            self.recent.setdefault(user, []).append(item)
+            self.seen.setdefault(user, set()).add(item)
+        self.order = list(range(len(self.pairs)))
 
-        def on_epoch_end(self, epoch, logs=None):
-            for value in (logs or {}).values():
-                float(value)  # waits for asynchronous backends
-            self.seconds.append(time.perf_counter() - self._start)
+    def __len__(self):
+        return -(-len(self.pairs) // self.batch_size)
 
-    return EpochTimer()
+    def on_epoch_end(self):
+        self.epoch += 1
 
-
-def per_example_batches_class():
-    """`PerExampleBatches`, defined once Keras is imported (the parent
-    process never imports Keras)."""
-    import keras
-    import numpy as np
-
-    class PerExampleBatches(keras.utils.PyDataset):
-        """The reference input pipeline: the batches `data.InteractionBatches`
-        makes (same keys, shapes and meaning), built one example at a time in
-        Python, as a first implementation usually is.
-
-        Per example: the user's most recent items from a Python list (target
-        hidden, each other slot dropped with probability `history_dropout`
-        using `random.random()`), padded; the item's feature row and log
-        probability copied; negatives drawn with `random.randrange` and redrawn
-        while the user has seen them. Accepts `data.InteractionBatches`'s
-        arguments so that `KerasRecommender` can be given it unchanged.
-        """
-
-        def __init__(self, interactions, batch_size, seed=0, history=None,
-                     history_dropout=0.0, user_features=None,
-                     item_features=None,
-                     num_negatives=0, sampler=None, item_logq=None, labels=None,
-                     shuffle=True, **kwargs):
-            super().__init__(**kwargs)
-            x = interactions
-            self.batch_size = batch_size
-            self.seed = seed
-            self.history_length = 0 if history is None else history.shape[1]
-            self.history_dropout = history_dropout
-            self.user_features = user_features
-            self.item_features = item_features
-            self.num_negatives = num_negatives
-            self.num_items = x.num_items
-            self.item_logq = item_logq
-            self.labels = None if labels is None else labels.tolist()
-            self.shuffle = shuffle
-            self.epoch = 0
-            self.pairs = list(zip(x.user.tolist(), x.item.tolist()))
-            events = sorted(
-                zip(x.user.tolist(), x.ts.tolist(), x.item.tolist()),
-                key=lambda e: (e[0], -e[1], -e[2]))
-            self.recent = {}
-            self.seen = {}
-            for user, _, item in events:
-                self.recent.setdefault(user, []).append(item)
-                self.seen.setdefault(user, set()).add(item)
-            self.order = list(range(len(self.pairs)))
-
-        def __len__(self):
-            return -(-len(self.pairs) // self.batch_size)
-
-        def on_epoch_end(self):
-            self.epoch += 1
-
-        def __getitem__(self, idx):
-            rng = random.Random(f"{self.seed}-{self.epoch}-{idx}")
-            order = list(self.order)
-            if self.shuffle:
-                random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
-            rows = order[idx * self.batch_size:(idx + 1) * self.batch_size]
-            rows += order[:self.batch_size - len(rows)]
-            users, items, histories, feats, logq, negs, labels = (
-                [], [], [], [], [], [], [])
-            for row in rows:
-                user, item = self.pairs[row]
-                users.append(user)
-                items.append(item)
-                if self.history_length:
-                    hist = []
-                    for past in self.recent[user][:self.history_length]:
-                        keep = rng.random() >= self.history_dropout
-                        if past != item and keep:
-                            hist.append(past + 1)
-                        else:
-                            hist.append(0)
-                    histories.append(hist)
-                if self.item_features is not None:
-                    feats.append(self.item_features[item])
-                if self.item_logq is not None:
-                    logq.append(self.item_logq[item])
-                if self.num_negatives:
-                    row_negs = []
-                    for _ in range(self.num_negatives):
-                        neg = rng.randrange(self.num_items)
-                        while neg in self.seen[user]:
-                            neg = rng.randrange(self.num_items)
-                        row_negs.append(neg)
-                    negs.append(row_negs)
-                labels.append(1.0 if self.labels is None else self.labels[row])
-            batch = {"user": np.array(users, np.int32),
-                     "item": np.array(items, np.int32)}
+    def __getitem__(self, idx):
+        rng = random.Random(f"{self.seed}-{self.epoch}-{idx}")
+        order = list(self.order)
+        if self.shuffle:
+            random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
+        rows = order[idx * self.batch_size : (idx + 1) * self.batch_size]
+        rows += order[: self.batch_size - len(rows)]
+        users, items, histories, feats, logq, negs, labels = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
+        for row in rows:
+            user, item = self.pairs[row]
+            users.append(user)
+            items.append(item)
             if self.history_length:
-                padded = [h + [0] * (self.history_length - len(h))
-                          for h in histories]
-                batch["history"] = np.array(padded, np.int32)
-            if self.user_features is not None:
-                batch["user_features"] = np.stack(
-                    [self.user_features[u] for u in users])
-            if feats:
-                batch["item_features"] = np.stack(feats)
-            if logq:
-                batch["item_logq"] = np.array(logq, np.float32)
-            if negs:
-                batch["neg_item"] = np.array(negs, np.int32)
-                if self.item_features is not None:
-                    batch["neg_item_features"] = np.stack(
-                        [np.stack([self.item_features[n] for n in r])
-                         for r in negs])
-            return batch, np.array(labels, np.float32)
-
-    return PerExampleBatches
+                hist = []
+                for past in self.recent[user][: self.history_length]:
+                    keep = rng.random() >= self.history_dropout
+                    if past != item and keep:
+                        hist.append(past + 1)
+                    else:
+                        hist.append(0)
+                histories.append(hist)
+            if self.item_features is not None:
+                feats.append(self.item_features[item])
+            if self.item_logq is not None:
+                logq.append(self.item_logq[item])
+            if self.num_negatives:
+                row_negs = []
+                for _ in range(self.num_negatives):
+                    neg = rng.randrange(self.num_items)
+                    while neg in self.seen[user]:
+                        neg = rng.randrange(self.num_items)
+                    row_negs.append(neg)
+                negs.append(row_negs)
+            labels.append(1.0 if self.labels is None else self.labels[row])
+        batch = {
+            "user": np.array(users, np.int32),
+            "item": np.array(items, np.int32),
+        }
+        if self.history_length:
+            padded = [
+                h + [0] * (self.history_length - len(h)) for h in histories
+            ]
+            batch["history"] = np.array(padded, np.int32)
+        if self.user_features is not None:
+            batch["user_features"] = np.stack(
+                [self.user_features[u] for u in users]
+            )
+        if feats:
+            batch["item_features"] = np.stack(feats)
+        if logq:
+            batch["item_logq"] = np.array(logq, np.float32)
+        if negs:
+            batch["neg_item"] = np.array(negs, np.int32)
+            if self.item_features is not None:
+                batch["neg_item_features"] = np.stack(
+                    [np.stack([self.item_features[n] for n in r]) for r in negs]
+                )
+        return batch, np.array(labels, np.float32)
 
 
 if __name__ == "__main__":

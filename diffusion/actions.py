@@ -27,21 +27,29 @@ import numpy as np
 
 import config as config_lib
 import data
-import train as train_lib
+import recommenders
+from content import images as images_lib
+from diffusion import decode
 from diffusion import embeddings as emb_lib
 from diffusion import evaluate as eval_lib
+from diffusion import poster_autoencoder as poster_lib
 from diffusion import sampler as sampler_lib
 from diffusion.prior import SCORE_LIKE
 from diffusion.prior import SCORE_NULL
 from diffusion.prior import DiffusionPrior
 from diffusion.prior import PriorNetwork
 from diffusion.prior import score_tokens
+from eval import baselines
 from eval import metrics as metrics_lib
+from eval import scorer as scorer_lib
 from eval import stats as stats_lib
+from models import text_encoders
+from runtime import runs
 
 logger = logging.getLogger(__name__)
 
 PRIOR_DIR = "prior"
+PREVIEW_POSTERS = 8  # held-out posters in reconstructions.png
 EVAL_DIR = "prior_eval"
 GENERATED_DIR = "generated"
 MODEL_FILE = "prior.keras"
@@ -94,8 +102,16 @@ class TrainedPrior:
             )
         return int(matches[0])
 
-    def sample(self, users, score, num_samples, guidance_scale, dc, seed,
-               progress=False):
+    def sample(
+        self,
+        users,
+        score,
+        num_samples,
+        guidance_scale,
+        dc,
+        seed,
+        progress=False,
+    ):
         """`(len(users), num_samples, dim)` standardised samples."""
         users = np.asarray(users, np.int32)
         return sampler_lib.generate(
@@ -123,7 +139,7 @@ class TrainedPrior:
             mean=self.mean,
             std=self.std,
         )
-        data.atomic_write_text(
+        runs.atomic_write_text(
             folder / INFO_FILE, json.dumps(self.info, indent=2)
         )
 
@@ -235,7 +251,7 @@ def train_prior(cfg):
     )
     tc = cfg.train
     # torch.compile costs more than it saves for a model this small on CPU
-    # (the template's rule, see train.KerasRecommender._compile).
+    # (the template's rule, see `KerasRecommender._compile`).
     jit = tc.jit_compile and keras.backend.backend() != "torch"
     prior.compile(
         optimizer=keras.optimizers.Adam(dc.learning_rate), jit_compile=jit
@@ -308,8 +324,8 @@ def train_prior(cfg):
         prior, items, mean, std, dataset.user_ids, dataset.item_ids, info
     )
     out = prior_dir(cfg)
-    with train_lib.staging_dir(out) as stage:
-        train_lib.write_run_info(cfg, dataset, stage)
+    with runs.staging_dir(out) as stage:
+        runs.write_run_info(cfg, stage, dataset)
         trained.save(stage)
     logger.info(
         "prior: best epoch %d of %d, val loss %s, fit %.1fs -> %s",
@@ -335,7 +351,7 @@ def generate(cfg, user=None, n=8, images=False):
     """
     generation = generate_embeddings(cfg, user, n)
     path = cfg.run_dir / GENERATED_DIR / f"user-{_safe_name(user)}.json"
-    data.atomic_write_text(path, json.dumps(generation.payload, indent=1))
+    runs.atomic_write_text(path, json.dumps(generation.payload, indent=1))
     for i, sample in enumerate(generation.payload["samples"]):
         names = [
             entry["title"] or str(entry["item"])
@@ -349,12 +365,11 @@ def generate(cfg, user=None, n=8, images=False):
 
 
 def _write_images(cfg, user, n, generation):
-    from diffusion import decode
-
     by_scale = {}
     for scale in dict.fromkeys((1.0, cfg.diffusion.guidance_scale)):
         scaled = dataclasses.replace(
-            cfg, diffusion=dataclasses.replace(cfg.diffusion, guidance_scale=scale)
+            cfg,
+            diffusion=dataclasses.replace(cfg.diffusion, guidance_scale=scale),
         )
         by_scale[scale] = (
             generation.embeddings
@@ -367,7 +382,7 @@ def _write_images(cfg, user, n, generation):
         for entry in sample["nearest"][:2]
     ]
     neighbours = list(dict.fromkeys(nearest))[:8]
-    written = decode.write_image_grids(
+    written = write_image_grids(
         cfg,
         [generation.user],
         {generation.user: by_scale},
@@ -394,7 +409,12 @@ def generate_embeddings(cfg, user, n):
     trained = TrainedPrior.load(prior_dir(cfg))
     index = trained.user_index(user)
     samples = trained.sample(
-        [index], SCORE_LIKE, n, dc.guidance_scale, dc, cfg.seed,
+        [index],
+        SCORE_LIKE,
+        n,
+        dc.guidance_scale,
+        dc,
+        cfg.seed,
         progress=cfg.train.verbose > 0,
     )[0]
     raw = trained.to_raw(samples)
@@ -405,7 +425,7 @@ def generate_embeddings(cfg, user, n):
     titles = _titles(cfg, trained.item_ids)
     seen = _seen_items(cfg, trained, index)
     payload = {
-        "user": _json_id(trained.user_ids[index]),
+        "user": runs.plain(trained.user_ids[index]),
         "score": "like",
         "num_samples": n,
         "guidance_scale": dc.guidance_scale,
@@ -421,7 +441,7 @@ def generate_embeddings(cfg, user, n):
                 "embedding": [round(float(v), 6) for v in raw[i]],
                 "nearest": [
                     {
-                        "item": _json_id(trained.item_ids[j]),
+                        "item": runs.plain(trained.item_ids[j]),
                         "title": titles[j],
                         "cosine": round(float(c), 6),
                         "seen": bool(j in seen),
@@ -460,10 +480,12 @@ def evaluate_prior(cfg):
     trained = TrainedPrior.load(prior_dir(cfg))
     dataset = data.load(cfg.data)
     if not (
-        np.array_equal(emb_lib.id_keys(dataset.user_ids),
-                       emb_lib.id_keys(trained.user_ids))
-        and np.array_equal(emb_lib.id_keys(dataset.item_ids),
-                           emb_lib.id_keys(trained.item_ids))
+        np.array_equal(
+            emb_lib.id_keys(dataset.user_ids), emb_lib.id_keys(trained.user_ids)
+        )
+        and np.array_equal(
+            emb_lib.id_keys(dataset.item_ids), emb_lib.id_keys(trained.item_ids)
+        )
     ):
         raise ValueError(
             f"The data at {cfg.data.path} no longer matches the prior's id "
@@ -488,10 +510,11 @@ def evaluate_prior(cfg):
         rng.choice(candidates, min(count, len(candidates)), replace=False)
     )
     out = cfg.run_dir / EVAL_DIR
-    with train_lib.staging_dir(out) as stage:
-        train_lib.write_run_info_config(cfg, stage)
-        judge, judge_report = _fit_judge(cfg, dataset, train, valid, test,
-                                         trained, stage)
+    with runs.staging_dir(out) as stage:
+        runs.write_run_info(cfg, stage)
+        judge, judge_report = _fit_judge(
+            cfg, dataset, train, valid, test, trained, stage
+        )
         report = _sweep(cfg, trained, judge, users, train, truth, known)
         report["judge"] = judge_report
         report["embedding_source"] = trained.info["source"]
@@ -504,11 +527,11 @@ def evaluate_prior(cfg):
         }
         report["backend"] = keras.backend.backend()
         table = eval_lib.sweep_table(report)
-        data.atomic_write_text(
+        runs.atomic_write_text(
             stage / "metrics.json",
-            json.dumps(report, indent=2, default=_json_default),
+            json.dumps(report, indent=2, default=runs.json_default),
         )
-        data.atomic_write_text(stage / "sweep.md", table + "\n")
+        runs.atomic_write_text(stage / "sweep.md", table + "\n")
         eval_lib.plot_sweep(report, stage / "sweep.png")
     print(table)
     logger.info("prior evaluation -> %s", out)
@@ -542,9 +565,7 @@ def _item_embeddings(cfg, dataset, train, valid):
         sets = [f"model.name={source!r}"]
         if source == "ncf":
             sets.append("model.item_input='id'")
-        rec = train_lib.make_recommender(
-            config_lib.override(cfg, sets), dataset
-        )
+        rec = recommenders.build(config_lib.override(cfg, sets), dataset)
         logger.info("fitting %s for its item embeddings", source)
         rec.fit(train, valid)
         return emb_lib.ItemEmbeddings(
@@ -553,8 +574,6 @@ def _item_embeddings(cfg, dataset, train, valid):
             source,
         )
     if source == "als":
-        from eval import baselines
-
         als = baselines.ALS(seed=cfg.seed)
         als.fit(train)
         return emb_lib.ItemEmbeddings(
@@ -563,8 +582,6 @@ def _item_embeddings(cfg, dataset, train, valid):
             source,
         )
     if source == "text":
-        from models import text_encoders
-
         _, texts = emb_lib.item_texts(cfg.data.item_features, dataset.item_ids)
         vectors = text_encoders.embed_texts(
             texts, progress=cfg.train.verbose > 0
@@ -573,9 +590,7 @@ def _item_embeddings(cfg, dataset, train, valid):
             vectors, np.asarray([bool(t) for t in texts]), source
         )
     if source == "posters":
-        from diffusion import poster_autoencoder
-
-        ids, vectors = poster_autoencoder.poster_embeddings(cfg)
+        ids, vectors = poster_embeddings(cfg)
         return emb_lib.align(ids, vectors, dataset.item_ids, "posters")
     return emb_lib.from_file(
         source, cfg.diffusion.item_ids_path, dataset.item_ids
@@ -607,8 +622,6 @@ def _examples(cfg, interactions, standard):
 def _fit_judge(cfg, dataset, train, valid, test, trained, stage):
     """An NCF whose item side is the (standardised) item embedding, fit on
     the train split with early stopping on valid; plus its held-out AUC."""
-    from eval import scorer as scorer_lib
-
     dc = cfg.diffusion
     items = trained.items
     sets = [
@@ -632,13 +645,11 @@ def _fit_judge(cfg, dataset, train, valid, test, trained, stage):
         missing=~items.available,
         stats={},
     )
-    judge = train_lib.KerasRecommender(
-        judge_cfg.model,
-        judge_cfg.train,
-        item_features=features,
-        ks=cfg.eval.ks,
-        memory_budget_mb=cfg.eval.memory_budget_mb,
-        seed=cfg.seed,
+    judge = recommenders.build(
+        judge_cfg,
+        dataclasses.replace(
+            dataset, item_features=features, user_features=None
+        ),
     )
     logger.info("fitting the NCF judge on the item embeddings")
     judge.fit(_usable(train, items), _usable(valid, items))
@@ -735,9 +746,13 @@ def _sweep(cfg, trained, judge, users, train, truth, known):
         )
         raw = trained.to_raw(samples)
         ncf = eval_lib.score_samples(
-            judge.model, users, samples,
+            judge.model,
+            users,
+            samples,
             None if scale == 0.0 else unconditional,
-            num_users, dc.random_users, seed=cfg.seed,
+            num_users,
+            dc.random_users,
+            seed=cfg.seed,
         )
         result = retrieval(
             lambda block, raw=raw: eval_lib.cosine_item_scores(
@@ -749,20 +764,26 @@ def _sweep(cfg, trained, judge, users, train, truth, known):
         row = {
             "guidance_scale": float(scale),
             "ncf": {
-                "own": stats_lib.bootstrap_ci(ncf["posterior"], boot,
-                                              seed=cfg.seed),
-                "random": stats_lib.bootstrap_ci(ncf["random"], boot,
-                                                 seed=cfg.seed),
+                "own": stats_lib.bootstrap_ci(
+                    ncf["posterior"], boot, seed=cfg.seed
+                ),
+                "random": stats_lib.bootstrap_ci(
+                    ncf["random"], boot, seed=cfg.seed
+                ),
                 "own_vs_random": stats_lib.paired_test(
-                    ncf["posterior"], ncf["random"], method="permutation",
+                    ncf["posterior"],
+                    ncf["random"],
+                    method="permutation",
                     seed=cfg.seed,
                 ),
             },
             "retrieval": summary(result),
             "retrieval_tests": {
                 name: stats_lib.paired_test(
-                    result.per_user[metric], ref.per_user[metric],
-                    method="permutation", seed=cfg.seed,
+                    result.per_user[metric],
+                    ref.per_user[metric],
+                    method="permutation",
+                    seed=cfg.seed,
                 )
                 for name, ref in references.items()
             },
@@ -780,7 +801,9 @@ def _sweep(cfg, trained, judge, users, train, truth, known):
                 ncf["prior"], boot, seed=cfg.seed
             )
             row["ncf"]["own_vs_unconditional"] = stats_lib.paired_test(
-                ncf["posterior"], ncf["prior"], method="permutation",
+                ncf["posterior"],
+                ncf["prior"],
+                method="permutation",
                 seed=cfg.seed,
             )
         rows.append(row)
@@ -826,8 +849,6 @@ def _sweep(cfg, trained, judge, users, train, truth, known):
 
 def _reference_rankings(cfg, trained, train, liked_train, users, retrieval):
     """MostPopular (fit on train) and the user's mean liked train item."""
-    from eval import baselines
-
     items = trained.items
     popular = baselines.MostPopular()
     popular.fit(train)
@@ -840,7 +861,9 @@ def _reference_rankings(cfg, trained, train, liked_train, users, retrieval):
         )
     }
     profile = _user_profiles(
-        liked_train, _usable(train, items), items.vectors,
+        liked_train,
+        _usable(train, items),
+        items.vectors,
         len(trained.user_ids),
     )
     results["user profile (mean liked train item)"] = retrieval(
@@ -951,13 +974,389 @@ def _safe_name(value):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(value))
 
 
-def _json_id(value):
-    return value.item() if isinstance(value, np.generic) else value
+# ---------------------------------------------------------------------------
+# Decoding: the poster autoencoder, the Stable Diffusion adapter, grids
+# ---------------------------------------------------------------------------
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def train_poster_decoder(cfg):
+    """Train the poster autoencoder, evaluate it on held-out posters, and
+    write `<run>/poster_decoder/`: `model.keras`, `embeddings.npz` (every
+    poster's embedding and split), `metrics.json`, `reconstructions.png`,
+    `history.json`, `config.json`.
+
+    Returns:
+        The metrics dict.
+    """
+    dc = cfg.decode
+    item_ids, posters = images_lib.cached_posters(
+        posters_folder(cfg),
+        dc.image_height,
+        dc.image_width,
+        dc.cache_dir,
+        progress=cfg.train.verbose > 0,
+    )
+    split = poster_lib.split_posters(
+        len(item_ids), dc.valid_fraction, dc.test_fraction, cfg.seed
+    )
+    train_x, valid_x, test_x = (posters[split == s] for s in range(3))
+    logger.info(
+        "poster model: posters=%d train=%d valid=%d test=%d size=%dx%d "
+        "embedding_dim=%d",
+        len(item_ids),
+        len(train_x),
+        len(valid_x),
+        len(test_x),
+        dc.image_height,
+        dc.image_width,
+        dc.embedding_dim,
+    )
+    model = poster_lib.PosterAutoencoder(
+        dc.image_height,
+        dc.image_width,
+        dc.embedding_dim,
+        dc.filters,
+        latent_noise=dc.latent_noise,
+        seed=cfg.seed,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(dc.learning_rate),
+        loss=poster_lib.PosterReconstructionLoss(dc.ssim_weight),
+        jit_compile=cfg.train.jit_compile and "auto",
+    )
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            patience=cfg.train.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            factor=cfg.train.reduce_lr_factor,
+            patience=cfg.train.reduce_lr_patience,
+            min_lr=cfg.train.min_learning_rate,
+        ),
+    ]
+    start = time.perf_counter()
+    history = model.fit(
+        poster_lib.PosterBatches(train_x, dc.batch_size, seed=cfg.seed),
+        validation_data=poster_lib.PosterBatches(
+            valid_x, dc.batch_size, shuffle=False
+        ),
+        epochs=dc.epochs,
+        callbacks=callbacks,
+        verbose=cfg.train.verbose,
+    )
+    fit_seconds = time.perf_counter() - start
+    embeddings = poster_lib.encode_posters(
+        model.encoder, posters, dc.batch_size
+    )
+    test_pred = poster_lib.decode_embeddings(
+        model.decoder, embeddings[split == 2], dc.batch_size
+    )
+    pca_pred = poster_lib.pca_reconstruction(train_x, test_x, dc.embedding_dim)
+    mean_pred = np.broadcast_to(
+        np.round(train_x.mean(axis=0)).astype(np.uint8), test_x.shape
+    )
+    metrics = {
+        "test_posters": int(len(test_x)),
+        "image_size": [dc.image_height, dc.image_width],
+        "embedding_dim": dc.embedding_dim,
+        "epochs_run": len(history.history["loss"]),
+        "fit_seconds": round(fit_seconds, 1),
+        "keras_backend": keras.backend.backend(),
+        "autoencoder": poster_lib.reconstruction_metrics(test_x, test_pred),
+        "pca": poster_lib.reconstruction_metrics(test_x, pca_pred),
+        "mean_poster": poster_lib.reconstruction_metrics(test_x, mean_pred),
+    }
+    logger.info(
+        "poster model test: mse=%.4f psnr=%.2f ssim=%.3f (pca-%d mse=%.4f "
+        "ssim=%.3f; mean poster mse=%.4f ssim=%.3f)",
+        metrics["autoencoder"]["mse"],
+        metrics["autoencoder"]["psnr"],
+        metrics["autoencoder"]["ssim"],
+        dc.embedding_dim,
+        metrics["pca"]["mse"],
+        metrics["pca"]["ssim"],
+        metrics["mean_poster"]["mse"],
+        metrics["mean_poster"]["ssim"],
+    )
+    final = cfg.run_dir / poster_lib.FOLDER_NAME
+    with runs.staging_dir(final) as stage:
+        model.save(stage / poster_lib.MODEL_FILE)
+        np.savez(
+            stage / poster_lib.EMBEDDINGS_FILE,
+            item_ids=item_ids,
+            embeddings=embeddings,
+            split=split,
+        )
+        runs.write_json(stage / "metrics.json", metrics)
+        runs.write_json(
+            stage / "history.json",
+            {
+                k: [float(v) for v in vals]
+                for k, vals in history.history.items()
+            },
+        )
+        runs.write_run_info(cfg, stage)
+        n = min(PREVIEW_POSTERS, len(test_x))
+        images_lib.write_grid(
+            stage / "reconstructions.png",
+            [list(test_x[:n]), list(test_pred[:n]), list(pca_pred[:n])],
+            row_labels=["poster", "autoenc", f"pca-{dc.embedding_dim}"],
+            title="held-out posters and their reconstructions",
+        )
+    logger.info("poster model written to %s", final)
+    return metrics
+
+
+def poster_embeddings(cfg):
+    """Every poster's embedding from the run's poster model.
+
+    Trains the model first (`train_poster_decoder`) when the run folder has
+    none, so the diffusion prior can call this on a fresh checkout.
+
+    Returns:
+        `(item_ids, embeddings)`: `(n,)` int64 raw item ids (MovieLens ids
+        for the ml-1m-posters set) and `(n, decode.embedding_dim)` float32
+        unit vectors.
+    """
+    path = cfg.run_dir / poster_lib.FOLDER_NAME / poster_lib.EMBEDDINGS_FILE
+    if not path.is_file():
+        logger.info(
+            "no poster embeddings at %s: training the poster model", path
+        )
+        train_poster_decoder(cfg)
+    with np.load(path) as stored:
+        return stored["item_ids"], stored["embeddings"].astype(np.float32)
+
+
+def posters_folder(cfg) -> pathlib.Path:
+    """`decode.posters_dir` with a leading `{shared}` resolved."""
+    return pathlib.Path(config_lib.resolve_shared(cfg.decode.posters_dir))
+
+
+def train_sd_adapter(cfg):
+    """Train the `decode.EmbeddingAdapter` on (poster, poster embedding) pairs
+    with the frozen Stable Diffusion denoiser; write `<run>/sd_adapter/`
+    (`adapter.keras`, `adapter.json`, `history.json`, `config.json`).
+
+    Returns:
+        dict with the final loss, posters used and seconds.
+    """
+    dc = cfg.decode
+    parts = decode.load_stable_diffusion(
+        dc.sd_height, dc.sd_width, dc.sd_weights, with_image_encoder=True
+    )
+    item_ids, embeddings = poster_embeddings(cfg)
+    poster_ids, paths = images_lib.find_posters(posters_folder(cfg))
+    keep = np.flatnonzero(np.isin(item_ids, poster_ids))
+    if dc.max_posters:
+        keep = np.sort(
+            np.random.default_rng(cfg.seed).permutation(keep)[: dc.max_posters]
+        )
+    by_id = dict(zip(poster_ids.tolist(), paths))
+    chosen = [by_id[i] for i in item_ids[keep].tolist()]
+    logger.info(
+        "sd adapter: posters=%d size=%dx%d weights=%s",
+        len(chosen),
+        dc.sd_height,
+        dc.sd_width,
+        dc.sd_weights,
+    )
+    latents = decode.encode_latents(
+        parts["image_encoder"],
+        chosen,
+        dc.sd_height,
+        dc.sd_width,
+        dc.adapter_batch_size,
+        progress=cfg.train.verbose > 0,
+    )
+    base, unconditional = decode.prompt_contexts(
+        parts["text_encoder"], dc.prompt
+    )
+    adapter = decode.EmbeddingAdapter(
+        embeddings.shape[1],
+        dc.num_context_tokens,
+        hidden_dim=dc.adapter_hidden_dim,
+    )
+    trainer = decode.AdapterTrainer(
+        adapter,
+        parts["diffusion_model"],
+        base,
+        unconditional,
+        dc.cond_drop_prob,
+        seed=cfg.seed,
+    )
+    trainer.compile(optimizer=keras.optimizers.Adam(dc.adapter_learning_rate))
+    start = time.perf_counter()
+    history = trainer.fit(
+        {"embedding": embeddings[keep], "latent": latents},
+        batch_size=dc.adapter_batch_size,
+        epochs=dc.adapter_epochs,
+        verbose=cfg.train.verbose,
+    )
+    result = {
+        "posters": len(chosen),
+        "final_loss": float(history.history["loss"][-1]),
+        "fit_seconds": round(time.perf_counter() - start, 1),
+        "sd_weights": dc.sd_weights,
+        "sd_size": [dc.sd_height, dc.sd_width],
+        "keras_backend": keras.backend.backend(),
+    }
+    with runs.staging_dir(cfg.run_dir / decode.ADAPTER_FOLDER) as stage:
+        adapter.save(stage / decode.ADAPTER_FILE)
+        runs.write_json(stage / "adapter.json", result)
+        runs.write_json(
+            stage / "history.json",
+            {
+                k: [float(v) for v in vals]
+                for k, vals in history.history.items()
+            },
+        )
+        runs.write_run_info(cfg, stage)
+    logger.info(
+        "sd adapter: loss=%.4f written to %s",
+        result["final_loss"],
+        cfg.run_dir / decode.ADAPTER_FOLDER,
+    )
+    return result
+
+
+def make_decoder(cfg):
+    """The decoder named by `decode.decoder`, ready to `.decode(...)`.
+
+    Returns:
+        `decode.PosterImageDecoder` (from `<run>/poster_decoder/`) or
+        `decode.StableDiffusionDecoder` (KerasCV components, adapter from
+        `<run>/sd_adapter/` when trained).
+
+    Raises:
+        ValueError: unknown decoder name.
+        FileNotFoundError: the poster model or the adapter is not trained,
+            or pretrained weights cannot be downloaded
+            (`decode.WeightsUnavailable`).
+    """
+    name = cfg.decode.decoder
+    if name == "poster_decoder":
+        return decode.PosterImageDecoder.from_folder(
+            cfg.run_dir / poster_lib.FOLDER_NAME, cfg.decode.batch_size
+        )
+    if name == "stable_diffusion":
+        return _stable_diffusion_decoder(cfg)
+    raise ValueError(
+        f"`decode.decoder` must be one of {decode.DECODERS}. Received: {name!r}"
+    )
+
+
+def _stable_diffusion_decoder(cfg):
+    """Components per `decode.sd_*`, the adapter from the run folder
+    (a random one when the SD weights are random too)."""
+    dc = cfg.decode
+    parts = decode.load_stable_diffusion(
+        dc.sd_height, dc.sd_width, dc.sd_weights
+    )
+    adapter_path = cfg.run_dir / decode.ADAPTER_FOLDER / decode.ADAPTER_FILE
+    if adapter_path.is_file():
+        adapter = keras.saving.load_model(adapter_path, compile=False)
+        decode.check_adapter_mode(adapter_path.parent, dc.sd_weights)
+    elif dc.sd_weights == "random":
+        logger.warning(
+            "no trained adapter at %s: using a random one (the SD "
+            "weights are random too)",
+            adapter_path,
+        )
+        adapter = decode.EmbeddingAdapter(
+            dc.embedding_dim,
+            dc.num_context_tokens,
+            hidden_dim=dc.adapter_hidden_dim,
+        )
+    else:
+        raise FileNotFoundError(
+            f"No trained embedding adapter at {adapter_path}. Train it "
+            "with `python main.py train_sd_adapter` (same --set "
+            "options), or use `--set decode.decoder=poster_decoder`."
+        )
+    base, unconditional = decode.prompt_contexts(
+        parts["text_encoder"], dc.prompt
+    )
+    mode = (
+        "stable_diffusion (pretrained weights)"
+        if dc.sd_weights == "pretrained"
+        else "stable_diffusion (RANDOM weights: checks the wiring, "
+        "the pictures are noise)"
+    )
+    return decode.StableDiffusionDecoder(
+        adapter,
+        parts["diffusion_model"],
+        parts["decoder"],
+        base,
+        unconditional,
+        mode=mode,
+        verbose=cfg.train.verbose > 0,
+    )
+
+
+def write_image_grids(
+    cfg, user_ids, embeddings_by_user, neighbours_by_user, out_dir, decoder=None
+):
+    """One PNG per user: generated items at every (prior scale, image
+    scale), and the user's nearest real catalog items as the last row.
+
+    Args:
+        cfg: `Config` (`decode.*`, `seed`).
+        user_ids: raw user ids, in output order.
+        embeddings_by_user: `{user: {prior_scale: (n, d)}}`, or
+            `{user: (n, d)}` when the prior ran at one scale.
+        neighbours_by_user: `{user: raw item ids}` shown as posters (grey
+            when an item has no poster).
+        out_dir: output folder (created).
+        decoder: optional decoder; default `make_decoder(cfg)`.
+
+    Returns:
+        `{user: path}` of the written `user_<id>.png` files.
+    """
+    decoder = decoder or make_decoder(cfg)
+    scales = tuple(cfg.decode.image_guidance_scales)
+    poster_ids, paths = images_lib.find_posters(posters_folder(cfg))
+    by_id = dict(zip(poster_ids.tolist(), paths))
+    logger.info(
+        "image grids: decoder=%s users=%d image scales=%s",
+        decoder.mode,
+        len(user_ids),
+        scales,
+    )
+    written = {}
+    for user in user_ids:
+        if user not in embeddings_by_user:
+            raise ValueError(f"No generated embeddings for user {user!r}.")
+        generated = embeddings_by_user[user]
+        if not isinstance(generated, dict):
+            generated = {None: generated}
+        start = time.perf_counter()
+        rows, labels = decode.guidance_sweep(
+            decoder, generated, scales, seed=cfg.seed, steps=cfg.decode.steps
+        )
+        seconds = (time.perf_counter() - start) / max(
+            1, len(rows) * len(scales)
+        )
+        neighbours = [int(i) for i in neighbours_by_user.get(user, ())]
+        rows.append(decode.poster_row(neighbours, by_id, rows[0][0].shape[:2]))
+        labels.append("nearest")
+        ncols = max(len(r) for r in rows)
+        col_labels = [f"w={w:g}" for w in scales]
+        col_labels += [""] * (ncols - len(col_labels))
+        path = images_lib.write_grid(
+            pathlib.Path(out_dir) / f"user_{user}.png",
+            rows,
+            row_labels=labels,
+            col_labels=col_labels,
+            title=f"user {user}: {decoder.mode}",
+        )
+        logger.info(
+            "image grid: user=%s images=%d decode=%.3fs/image %s",
+            user,
+            len(rows[:-1]) * len(scales),
+            seconds,
+            path,
+        )
+        written[user] = path
+    return written

@@ -1,6 +1,6 @@
 """Generated item embeddings -> images: one decoder interface, two decoders.
 
-`make_decoder(cfg)` returns an object with
+Each decoder (`diffusion.actions` picks one by `decode.decoder`) has
 `.decode(embeddings, seed, guidance_scale, steps) -> (n, H, W, 3) uint8`:
 
 - `"poster_decoder"` (`PosterImageDecoder`): the offline poster
@@ -30,9 +30,9 @@ pictures are noise; logs and grid titles say so. A missing download stops
 with `WeightsUnavailable` (a `FileNotFoundError`), not a stack trace.
 
 The prior's guidance scale and the image model's are independent:
-`write_image_grids` decodes embeddings sampled at several prior scales
-(rows) with every `decode.image_guidance_scales` (columns), and adds the
-user's nearest catalog posters as the last row.
+`guidance_sweep` decodes embeddings sampled at several prior scales
+(rows) with every image guidance scale (columns); `generate --images`
+adds the user's nearest catalog posters as the last row.
 
 `import keras_cv` always imports TensorFlow, so it happens only inside the
 Stable Diffusion helpers.
@@ -40,16 +40,20 @@ Stable Diffusion helpers.
 
 import json
 import logging
-import math
 import pathlib
 import time
 
 import keras
 import numpy as np
 from keras import ops
+from tqdm.auto import tqdm
 
-from diffusion import images as images_lib
+from content import images as images_lib
 from diffusion import poster_autoencoder as poster_lib
+from diffusion.prior import sinusoidal_embedding
+from diffusion.sampler import DDIMSampler
+from diffusion.sampler import guide
+from diffusion.schedule import NoiseSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -75,31 +79,6 @@ class WeightsUnavailable(FileNotFoundError):
 # ---------------------------------------------------------------------------
 # The decoder interface
 # ---------------------------------------------------------------------------
-
-
-def make_decoder(cfg):
-    """The decoder named by `decode.decoder`, ready to `.decode(...)`.
-
-    Returns:
-        `PosterImageDecoder` (from `<run>/poster_decoder/`) or
-        `StableDiffusionDecoder` (KerasCV components, adapter from
-        `<run>/sd_adapter/` when trained).
-
-    Raises:
-        ValueError: unknown decoder name.
-        FileNotFoundError: the poster model or the adapter is not trained,
-            or pretrained weights cannot be downloaded (`WeightsUnavailable`).
-    """
-    name = cfg.decode.decoder
-    if name == "poster_decoder":
-        return PosterImageDecoder.from_folder(
-            cfg.run_dir / poster_lib.FOLDER_NAME, cfg.decode.batch_size
-        )
-    if name == "stable_diffusion":
-        return StableDiffusionDecoder.from_config(cfg)
-    raise ValueError(
-        f"`decode.decoder` must be one of {DECODERS}. Received: {name!r}"
-    )
 
 
 class PosterImageDecoder:
@@ -147,7 +126,8 @@ class PosterImageDecoder:
         """
         del seed, steps
         embeddings = _check_embeddings(
-            embeddings, self.embedding_dim,
+            embeddings,
+            self.embedding_dim,
             hint=" It decodes poster embeddings: train the prior on them "
             "with `--set diffusion.item_embeddings=posters`.",
         )
@@ -158,8 +138,9 @@ class PosterImageDecoder:
         guided = self.mean_embedding + guidance_scale * (
             unit - self.mean_embedding
         )
-        return poster_lib.decode_embeddings(self.decoder, guided,
-                                            self.batch_size)
+        return poster_lib.decode_embeddings(
+            self.decoder, guided, self.batch_size
+        )
 
 
 class StableDiffusionDecoder:
@@ -180,9 +161,16 @@ class StableDiffusionDecoder:
 
     name = "stable_diffusion"
 
-    def __init__(self, adapter, diffusion_model, decoder, base_context,
-                 unconditional_context, mode="stable_diffusion",
-                 verbose=False):
+    def __init__(
+        self,
+        adapter,
+        diffusion_model,
+        decoder,
+        base_context,
+        unconditional_context,
+        mode="stable_diffusion",
+        verbose=False,
+    ):
         self.adapter = adapter
         self.diffusion_model = diffusion_model
         self.decoder = decoder
@@ -201,53 +189,14 @@ class StableDiffusionDecoder:
         self.image_size = tuple(LATENT_FACTOR * s for s in self.latent_size)
         self.mode = mode
         self.verbose = verbose
-        self.alphas_cumprod = sd_alphas_cumprod()
-
-    @classmethod
-    def from_config(cls, cfg):
-        """Components per `decode.sd_*`, the adapter from the run folder
-        (a random one when the SD weights are random too)."""
-        dc = cfg.decode
-        parts = load_stable_diffusion(dc.sd_height, dc.sd_width,
-                                      dc.sd_weights)
-        adapter_path = cfg.run_dir / ADAPTER_FOLDER / ADAPTER_FILE
-        if adapter_path.is_file():
-            adapter = keras.saving.load_model(adapter_path, compile=False)
-            _check_adapter_mode(adapter_path.parent, dc.sd_weights)
-        elif dc.sd_weights == "random":
-            logger.warning(
-                "no trained adapter at %s: using a random one (the SD "
-                "weights are random too)", adapter_path,
-            )
-            adapter = EmbeddingAdapter(
-                dc.embedding_dim, dc.num_context_tokens,
-                hidden_dim=dc.adapter_hidden_dim,
-            )
-        else:
-            raise FileNotFoundError(
-                f"No trained embedding adapter at {adapter_path}. Train it "
-                "with `python main.py train_sd_adapter` (same --set "
-                "options), or use `--set decode.decoder=poster_decoder`."
-            )
-        base, unconditional = prompt_contexts(parts["text_encoder"],
-                                              dc.prompt)
-        mode = (
-            "stable_diffusion (pretrained weights)"
-            if dc.sd_weights == "pretrained"
-            else "stable_diffusion (RANDOM weights: checks the wiring, "
-            "the pictures are noise)"
-        )
-        return cls(adapter, parts["diffusion_model"], parts["decoder"],
-                   base, unconditional, mode=mode,
-                   verbose=cfg.train.verbose > 0)
+        self.schedule = sd_schedule()
 
     def context(self, embeddings):
         """`(n, 77, 768)` denoiser context of `embeddings`."""
-        tokens = self.adapter(np.asarray(embeddings, np.float32),
-                              training=False)
-        return ops.convert_to_numpy(
-            assemble_context(tokens, self.base_context)
+        tokens = self.adapter(
+            np.asarray(embeddings, np.float32), training=False
         )
+        return ops.convert_to_numpy(assemble_context(tokens, self.base_context))
 
     def decode(self, embeddings, seed=0, guidance_scale=7.5, steps=25):
         """Images of `embeddings`: DDIM with classifier-free guidance.
@@ -279,28 +228,33 @@ class StableDiffusionDecoder:
             contexts = uncond
         else:
             contexts = np.concatenate([uncond, context])
-        latent = np.random.default_rng(seed).standard_normal(
-            (n, *self.latent_size, LATENT_CHANNELS)
-        ).astype(np.float32)
-        timesteps = ddim_timesteps(steps)
-        bar = keras.utils.Progbar(len(timesteps)) if self.verbose else None
-        for i in range(len(timesteps) - 1, -1, -1):
-            t = int(timesteps[i])
-            t_prev = int(timesteps[i - 1]) if i > 0 else -1
-            reps = len(contexts) // n
-            eps = np.asarray(self.diffusion_model.predict_on_batch({
-                "latent": np.concatenate([latent] * reps),
-                "timestep_embedding": timestep_embedding(
-                    np.full(n * reps, t)
+        latent = (
+            np.random.default_rng(seed)
+            .standard_normal((n, *self.latent_size, LATENT_CHANNELS))
+            .astype(np.float32)
+        )
+        sampler = DDIMSampler(self.schedule, int(steps))
+        bar = keras.utils.Progbar(sampler.num_steps) if self.verbose else None
+        reps = len(contexts) // n
+        for index, t in enumerate(sampler.timesteps):
+            eps = np.asarray(
+                self.diffusion_model.predict_on_batch(
+                    {
+                        "latent": np.concatenate([latent] * reps),
+                        "timestep_embedding": sinusoidal_embedding(
+                            np.full(n * reps, t), TIMESTEP_DIM
+                        ),
+                        "context": contexts,
+                    }
                 ),
-                "context": contexts,
-            }), np.float32)
+                np.float32,
+            )
             if reps == 2:
-                eps_u, eps_c = eps[:n], eps[n:]
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-            latent = ddim_step(latent, eps, self.alphas_cumprod, t, t_prev)
+                eps = guide(eps[n:], eps[:n], guidance_scale)
+            x0 = self.schedule.x0_from_epsilon(latent, eps, np.full(n, t))
+            latent = sampler.step(x0, eps, index, latent, None)
             if bar is not None:
-                bar.update(len(timesteps) - i)
+                bar.update(index + 1)
         pixels = np.asarray(self.decoder.predict_on_batch(latent))
         return np.clip(np.round((pixels + 1.0) * 127.5), 0, 255).astype(
             np.uint8
@@ -342,11 +296,21 @@ class EmbeddingAdapter(keras.Model):
     ```
     """
 
-    def __init__(self, embedding_dim, num_tokens=4, context_dim=CONTEXT_DIM,
-                 hidden_dim=1024, activation="gelu", dropout=0.0, **kwargs):
-        for arg, value in (("embedding_dim", embedding_dim),
-                           ("context_dim", context_dim),
-                           ("hidden_dim", hidden_dim)):
+    def __init__(
+        self,
+        embedding_dim,
+        num_tokens=4,
+        context_dim=CONTEXT_DIM,
+        hidden_dim=1024,
+        activation="gelu",
+        dropout=0.0,
+        **kwargs,
+    ):
+        for arg, value in (
+            ("embedding_dim", embedding_dim),
+            ("context_dim", context_dim),
+            ("hidden_dim", hidden_dim),
+        ):
             if int(value) < 1:
                 raise ValueError(f"`{arg}` must be >= 1. Received: {value}")
         if not 1 <= num_tokens < CONTEXT_LENGTH:
@@ -355,11 +319,13 @@ class EmbeddingAdapter(keras.Model):
                 f"Received: {num_tokens}"
             )
         if not 0 <= dropout < 1:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: "
-                             f"{dropout}")
+            raise ValueError(
+                f"`dropout` must be in [0, 1). Received: {dropout}"
+            )
         # === Layers ===
-        hidden = keras.layers.Dense(hidden_dim, activation=activation,
-                                    name="hidden")
+        hidden = keras.layers.Dense(
+            hidden_dim, activation=activation, name="hidden"
+        )
         drop = keras.layers.Dropout(dropout)
         project = keras.layers.Dense(num_tokens * context_dim, name="tokens")
         norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
@@ -420,9 +386,16 @@ class AdapterTrainer(keras.Model):
         dict of `eps` (prediction) and `noise` (target).
     """
 
-    def __init__(self, adapter, diffusion_model, base_context,
-                 unconditional_context, cond_drop_prob=0.1, seed=None,
-                 **kwargs):
+    def __init__(
+        self,
+        adapter,
+        diffusion_model,
+        base_context,
+        unconditional_context,
+        cond_drop_prob=0.1,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not 0 <= cond_drop_prob < 1:
             raise ValueError(
@@ -438,44 +411,50 @@ class AdapterTrainer(keras.Model):
         )
         self.cond_drop_prob = cond_drop_prob
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.alphas_cumprod = sd_alphas_cumprod()
+        self.alphas_cumprod = sd_schedule().alphas_cumprod
 
     def call(self, inputs, training=False):
         latent = inputs["latent"]
         batch = ops.shape(latent)[0]
-        t = keras.random.randint((batch,), 0, TRAIN_TIMESTEPS,
-                                 seed=self.seed_generator)
-        noise = keras.random.normal(ops.shape(latent),
-                                    seed=self.seed_generator,
-                                    dtype=latent.dtype)
-        a = ops.reshape(ops.take(ops.cast(self.alphas_cumprod, latent.dtype),
-                                 t), (-1, 1, 1, 1))
+        t = keras.random.randint(
+            (batch,), 0, TRAIN_TIMESTEPS, seed=self.seed_generator
+        )
+        noise = keras.random.normal(
+            ops.shape(latent), seed=self.seed_generator, dtype=latent.dtype
+        )
+        a = ops.reshape(
+            ops.take(ops.cast(self.alphas_cumprod, latent.dtype), t),
+            (-1, 1, 1, 1),
+        )
         noisy = ops.sqrt(a) * latent + ops.sqrt(1.0 - a) * noise
         context = assemble_context(
             self.adapter(inputs["embedding"], training=training),
             self.base_context,
         )
         if training and self.cond_drop_prob:
-            drop = keras.random.uniform((batch, 1, 1),
-                                        seed=self.seed_generator)
+            drop = keras.random.uniform((batch, 1, 1), seed=self.seed_generator)
             context = ops.where(
                 drop < self.cond_drop_prob,
                 ops.cast(self.unconditional_context, context.dtype),
                 context,
             )
-        eps = self.diffusion_model({
-            "latent": noisy,
-            "timestep_embedding": timestep_embedding(t, backend_ops=True),
-            "context": context,
-        }, training=False)
+        eps = self.diffusion_model(
+            {
+                "latent": noisy,
+                "timestep_embedding": sinusoidal_embedding(t, TIMESTEP_DIM),
+                "context": context,
+            },
+            training=False,
+        )
         return {"eps": eps, "noise": noise}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
-                     training=True):
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
         del x, y, sample_weight, training
-        return ops.mean(ops.square(
-            ops.cast(y_pred["eps"], "float32") - y_pred["noise"]
-        ))
+        return ops.mean(
+            ops.square(ops.cast(y_pred["eps"], "float32") - y_pred["noise"])
+        )
 
 
 def assemble_context(tokens, base_context):
@@ -501,75 +480,14 @@ def assemble_context(tokens, base_context):
     return ops.concatenate([base, tokens], axis=1)
 
 
-def train_sd_adapter(cfg):
-    """Train the `EmbeddingAdapter` on (poster, poster embedding) pairs
-    with the frozen Stable Diffusion denoiser; write `<run>/sd_adapter/`
-    (`adapter.keras`, `adapter.json`, `history.json`, `config.json`).
-
-    Returns:
-        dict with the final loss, posters used and seconds.
-    """
-    import train
-
-    dc = cfg.decode
-    parts = load_stable_diffusion(dc.sd_height, dc.sd_width, dc.sd_weights,
-                                  with_image_encoder=True)
-    item_ids, embeddings = poster_lib.poster_embeddings(cfg)
-    poster_ids, paths = images_lib.find_posters(
-        poster_lib.posters_folder(cfg)
-    )
-    keep = np.flatnonzero(np.isin(item_ids, poster_ids))
-    if dc.max_posters:
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(keep)
-                       [: dc.max_posters])
-    by_id = dict(zip(poster_ids.tolist(), paths))
-    chosen = [by_id[i] for i in item_ids[keep].tolist()]
-    logger.info("sd adapter: posters=%d size=%dx%d weights=%s",
-                len(chosen), dc.sd_height, dc.sd_width, dc.sd_weights)
-    latents = encode_latents(parts["image_encoder"], chosen, dc.sd_height,
-                             dc.sd_width, dc.adapter_batch_size,
-                             progress=cfg.train.verbose > 0)
-    base, unconditional = prompt_contexts(parts["text_encoder"], dc.prompt)
-    adapter = EmbeddingAdapter(embeddings.shape[1], dc.num_context_tokens,
-                               hidden_dim=dc.adapter_hidden_dim)
-    trainer = AdapterTrainer(adapter, parts["diffusion_model"], base,
-                             unconditional, dc.cond_drop_prob, seed=cfg.seed)
-    trainer.compile(optimizer=keras.optimizers.Adam(dc.adapter_learning_rate))
-    start = time.perf_counter()
-    history = trainer.fit(
-        {"embedding": embeddings[keep], "latent": latents},
-        batch_size=dc.adapter_batch_size,
-        epochs=dc.adapter_epochs,
-        verbose=cfg.train.verbose,
-    )
-    result = {
-        "posters": len(chosen),
-        "final_loss": float(history.history["loss"][-1]),
-        "fit_seconds": round(time.perf_counter() - start, 1),
-        "sd_weights": dc.sd_weights,
-        "sd_size": [dc.sd_height, dc.sd_width],
-        "keras_backend": keras.backend.backend(),
-    }
-    with train.staging_dir(cfg.run_dir / ADAPTER_FOLDER) as stage:
-        adapter.save(stage / ADAPTER_FILE)
-        _write_json(stage / "adapter.json", result)
-        _write_json(stage / "history.json", {
-            k: [float(v) for v in vals]
-            for k, vals in history.history.items()
-        })
-        train.write_run_info_config(cfg, stage)
-    logger.info("sd adapter: loss=%.4f written to %s", result["final_loss"],
-                cfg.run_dir / ADAPTER_FOLDER)
-    return result
-
-
 # ---------------------------------------------------------------------------
 # Stable Diffusion components, schedule and sampling maths
 # ---------------------------------------------------------------------------
 
 
-def load_stable_diffusion(height, width, weights="pretrained",
-                          with_image_encoder=False):
+def load_stable_diffusion(
+    height, width, weights="pretrained", with_image_encoder=False
+):
     """KerasCV's SD v1 components for `height` x `width` images.
 
     Args:
@@ -602,8 +520,10 @@ def load_stable_diffusion(height, width, weights="pretrained",
     sd = _keras_cv_sd()
     download = weights == "pretrained"
     if download:
-        logger.info("stable diffusion: loading pretrained weights "
-                    "(downloaded once to ~/.keras)")
+        logger.info(
+            "stable diffusion: loading pretrained weights "
+            "(downloaded once to ~/.keras)"
+        )
     else:
         logger.warning(
             "stable diffusion: RANDOM weights (decode.sd_weights=random): "
@@ -614,13 +534,18 @@ def load_stable_diffusion(height, width, weights="pretrained",
         # The text encoder first: the smallest download fails fastest.
         "text_encoder": _build(sd.TextEncoder, download, CONTEXT_LENGTH),
         "decoder": _build(sd.Decoder, download, height, width),
-        "diffusion_model": _build(sd.DiffusionModel, download, height,
-                                  width, CONTEXT_LENGTH),
+        "diffusion_model": _build(
+            sd.DiffusionModel, download, height, width, CONTEXT_LENGTH
+        ),
     }
     if with_image_encoder:
         parts["image_encoder"] = _build(sd.ImageEncoder, download)
-    logger.info("stable diffusion: components ready in %.1fs (%dx%d)",
-                time.perf_counter() - start, height, width)
+    logger.info(
+        "stable diffusion: components ready in %.1fs (%dx%d)",
+        time.perf_counter() - start,
+        height,
+        width,
+    )
     return parts
 
 
@@ -660,80 +585,24 @@ def tokenize_prompt(prompt):
     return ids + [_CLIP_END] * (CONTEXT_LENGTH - len(ids))
 
 
-def encode_latents(image_encoder, paths, height, width, batch_size=4,
-                   progress=True):
+def encode_latents(
+    image_encoder, paths, height, width, batch_size=4, progress=True
+):
     """Scaled VAE latents `(n, height/8, width/8, 4)` of image files,
     decoded and encoded `batch_size` at a time."""
-    from tqdm.auto import tqdm
-
     out = []
-    for i in tqdm(range(0, len(paths), batch_size), desc="sd latents",
-                  unit="batch", disable=not progress):
-        pixels = images_lib.load_images(paths[i:i + batch_size], height,
-                                        width, progress=False)
+    for i in tqdm(
+        range(0, len(paths), batch_size),
+        desc="sd latents",
+        unit="batch",
+        disable=not progress,
+    ):
+        pixels, _ = images_lib.load_images(
+            paths[i : i + batch_size], height, width, progress=False
+        )
         x = pixels.astype(np.float32) / 127.5 - 1.0
         out.append(np.asarray(image_encoder.predict_on_batch(x), np.float32))
     return np.concatenate(out)
-
-
-def sd_alphas_cumprod():
-    """SD v1's training schedule: "scaled linear" betas from 0.00085 to
-    0.012 over 1000 steps (linear in sqrt(beta)); returns
-    `alpha_bar_t = prod(1 - beta)` as float32 `(1000,)`."""
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, TRAIN_TIMESTEPS,
-                        dtype=np.float64) ** 2
-    return np.cumprod(1.0 - betas).astype(np.float32)
-
-
-def ddim_timesteps(steps):
-    """`steps` increasing timesteps spread over [0, 999] (both ends when
-    `steps > 1`; just 999 when `steps == 1`)."""
-    if steps == 1:
-        return np.array([TRAIN_TIMESTEPS - 1])
-    return np.round(np.linspace(0, TRAIN_TIMESTEPS - 1, steps)).astype(
-        np.int64
-    )
-
-
-def ddim_step(latent, eps, alphas_cumprod, t, t_prev):
-    """One deterministic DDIM update (Song et al., 2021, eq. 12, sigma=0).
-
-    1. `x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)` (eq. 9 solved for x0);
-    2. `x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps`, with
-       `a_prev = 1` after the last step (`t_prev < 0`).
-    """
-    a_t = float(alphas_cumprod[t])
-    a_prev = float(alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
-    x0 = (latent - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
-    return (math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps).astype(
-        np.float32
-    )
-
-
-def timestep_embedding(t, dim=TIMESTEP_DIM, max_period=10000,
-                       backend_ops=False):
-    """SD v1's sinusoidal timestep embedding, `[cos(t f), sin(t f)]` with
-    `f = max_period ** (-k / (dim / 2))` (Vaswani et al., 2017).
-
-    Args:
-        t: `(batch,)` timesteps.
-        backend_ops: compute with `keras.ops` (inside a model) instead of
-            NumPy.
-
-    Returns:
-        `(batch, dim)` float32.
-    """
-    half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half) / half).astype(
-        np.float32
-    )
-    if backend_ops:
-        args = ops.cast(ops.expand_dims(t, -1), "float32") * (
-            ops.convert_to_tensor(freqs)
-        )
-        return ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
-    args = np.asarray(t, np.float32)[:, None] * freqs
-    return np.concatenate([np.cos(args), np.sin(args)], axis=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -741,8 +610,9 @@ def timestep_embedding(t, dim=TIMESTEP_DIM, max_period=10000,
 # ---------------------------------------------------------------------------
 
 
-def guidance_sweep(decoder, embeddings_by_prior_scale, image_scales,
-                   seed=0, steps=25):
+def guidance_sweep(
+    decoder, embeddings_by_prior_scale, image_scales, seed=0, steps=25
+):
     """Decode embeddings sampled at several prior guidance scales with
     several image guidance scales.
 
@@ -763,8 +633,7 @@ def guidance_sweep(decoder, embeddings_by_prior_scale, image_scales,
     rows, labels = [], []
     for prior_scale, embeddings in embeddings_by_prior_scale.items():
         by_scale = [
-            decoder.decode(embeddings, seed=seed, guidance_scale=w,
-                           steps=steps)
+            decoder.decode(embeddings, seed=seed, guidance_scale=w, steps=steps)
             for w in image_scales
         ]
         for i in range(len(by_scale[0])):
@@ -774,60 +643,9 @@ def guidance_sweep(decoder, embeddings_by_prior_scale, image_scales,
     return rows, labels
 
 
-def write_image_grids(cfg, user_ids, embeddings_by_user, neighbours_by_user,
-                      out_dir, decoder=None):
-    """One PNG per user: generated items at every (prior scale, image
-    scale), and the user's nearest real catalog items as the last row.
-
-    Args:
-        cfg: `Config` (`decode.*`, `seed`).
-        user_ids: raw user ids, in output order.
-        embeddings_by_user: `{user: {prior_scale: (n, d)}}`, or
-            `{user: (n, d)}` when the prior ran at one scale.
-        neighbours_by_user: `{user: raw item ids}` shown as posters (grey
-            when an item has no poster).
-        out_dir: output folder (created).
-        decoder: optional decoder; default `make_decoder(cfg)`.
-
-    Returns:
-        `{user: path}` of the written `user_<id>.png` files.
-    """
-    decoder = decoder or make_decoder(cfg)
-    scales = tuple(cfg.decode.image_guidance_scales)
-    poster_ids, paths = images_lib.find_posters(
-        poster_lib.posters_folder(cfg)
-    )
-    by_id = dict(zip(poster_ids.tolist(), paths))
-    logger.info("image grids: decoder=%s users=%d image scales=%s",
-                decoder.mode, len(user_ids), scales)
-    written = {}
-    for user in user_ids:
-        if user not in embeddings_by_user:
-            raise ValueError(f"No generated embeddings for user {user!r}.")
-        generated = embeddings_by_user[user]
-        if not isinstance(generated, dict):
-            generated = {None: generated}
-        start = time.perf_counter()
-        rows, labels = guidance_sweep(decoder, generated, scales,
-                                      seed=cfg.seed, steps=cfg.decode.steps)
-        seconds = (time.perf_counter() - start) / max(
-            1, len(rows) * len(scales)
-        )
-        neighbours = [int(i) for i in neighbours_by_user.get(user, ())]
-        rows.append(_poster_row(neighbours, by_id, rows[0][0].shape[:2]))
-        labels.append("nearest")
-        ncols = max(len(r) for r in rows)
-        col_labels = [f"w={w:g}" for w in scales]
-        col_labels += [""] * (ncols - len(col_labels))
-        path = images_lib.write_grid(
-            pathlib.Path(out_dir) / f"user_{user}.png", rows,
-            row_labels=labels, col_labels=col_labels,
-            title=f"user {user}: {decoder.mode}",
-        )
-        logger.info("image grid: user=%s images=%d decode=%.3fs/image %s",
-                    user, len(rows[:-1]) * len(scales), seconds, path)
-        written[user] = path
-    return written
+def sd_schedule():
+    """Stable Diffusion v1's noise schedule ("scaled linear", T = 1000)."""
+    return NoiseSchedule(TRAIN_TIMESTEPS, "scaled_linear")
 
 
 # ---------------------------------------------------------------------------
@@ -837,6 +655,7 @@ def write_image_grids(cfg, user_ids, embeddings_by_user, neighbours_by_user,
 
 def _keras_cv_sd():
     try:
+        # keras-cv imports TensorFlow whatever the backend: only here.
         from keras_cv.models import stable_diffusion
     except ImportError as e:
         raise ImportError(
@@ -863,24 +682,42 @@ def _build(cls, download, *args):
 
 
 def _encode_tokens(text_encoder, tokens):
-    return np.asarray(text_encoder.predict_on_batch({
-        "tokens": np.asarray([tokens], np.int32),
-        "positions": np.arange(CONTEXT_LENGTH, dtype=np.int32)[None],
-    }), np.float32)
+    return np.asarray(
+        text_encoder.predict_on_batch(
+            {
+                "tokens": np.asarray([tokens], np.int32),
+                "positions": np.arange(CONTEXT_LENGTH, dtype=np.int32)[None],
+            }
+        ),
+        np.float32,
+    )
 
 
-def _poster_row(item_ids, by_id, size):
+def poster_row(item_ids, by_id, size):
+    """Images of `item_ids` from `{id: path}` at `size` (None where an item
+    has no poster): the "nearest catalog items" row of a grid."""
     present = [i for i in item_ids if i in by_id]
-    loaded = dict(zip(present, images_lib.load_images(
-        [by_id[i] for i in present], *size, progress=False
-    ))) if present else {}
+    loaded = (
+        dict(
+            zip(
+                present,
+                images_lib.load_images(
+                    [by_id[i] for i in present], *size, progress=False
+                )[0],
+            )
+        )
+        if present
+        else {}
+    )
     return [loaded.get(i) for i in item_ids] or [None]
 
 
 def _check_embeddings(embeddings, dim, hint=""):
     embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.ndim != 2 or embeddings.shape[1] != dim or not len(
-        embeddings
+    if (
+        embeddings.ndim != 2
+        or embeddings.shape[1] != dim
+        or not len(embeddings)
     ):
         raise ValueError(
             f"`embeddings` must be a non-empty (n, {dim}) array (the "
@@ -895,8 +732,7 @@ def _check_embeddings(embeddings, dim, hint=""):
 def _check_guidance(scale):
     if not np.isfinite(scale) or scale < 0:
         raise ValueError(
-            f"`guidance_scale` must be a finite number >= 0. Received: "
-            f"{scale}"
+            f"`guidance_scale` must be a finite number >= 0. Received: {scale}"
         )
 
 
@@ -910,7 +746,9 @@ def _check_context(context, name):
     return context
 
 
-def _check_adapter_mode(folder, weights):
+def check_adapter_mode(folder, weights):
+    """Warn when the adapter in `folder` was trained with other SD
+    weights than `weights`."""
     info_path = folder / "adapter.json"
     if not info_path.is_file():
         return
@@ -920,11 +758,8 @@ def _check_adapter_mode(folder, weights):
     if trained != weights:
         logger.warning(
             "the adapter in %s was trained with sd_weights=%s; decoding "
-            "with sd_weights=%s", folder, trained, weights,
+            "with sd_weights=%s",
+            folder,
+            trained,
+            weights,
         )
-
-
-def _write_json(path, payload):
-    import data
-
-    data.atomic_write_text(path, json.dumps(payload, indent=2))

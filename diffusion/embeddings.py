@@ -155,9 +155,7 @@ def from_file(path, ids_path, item_ids) -> ItemEmbeddings:
                 f"{len(item_ids)} items; without "
                 "`diffusion.item_ids_path` row i must be item index i."
             )
-        return ItemEmbeddings(
-            vectors, np.ones(len(vectors), bool), str(path)
-        )
+        return ItemEmbeddings(vectors, np.ones(len(vectors), bool), str(path))
     return align(_read_ids(ids_path), vectors, item_ids, str(path))
 
 

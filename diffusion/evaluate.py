@@ -25,6 +25,7 @@ import io
 import logging
 import pathlib
 
+import keras
 import numpy as np
 import scipy.linalg
 
@@ -112,14 +113,15 @@ def ncf_logits(model, users, vectors):
             u = np.concatenate([u, np.repeat(u[-1:], pad)])
             v = np.concatenate([v, np.repeat(v[-1:], pad, axis=0)])
         logits = model.predict_on_batch({"user": u, "item_features": v})
-        out[start:stop] = np.asarray(
-            _to_numpy(logits["logit"]), np.float32
-        )[: stop - start]
+        out[start:stop] = np.asarray(_to_numpy(logits["logit"]), np.float32)[
+            : stop - start
+        ]
     return out
 
 
-def score_samples(model, users, samples, unconditional, num_users,
-                  random_users, seed=0):
+def score_samples(
+    model, users, samples, unconditional, num_users, random_users, seed=0
+):
     """Per-user NCF means for the posterior check.
 
     Args:
@@ -156,9 +158,7 @@ def score_samples(model, users, samples, unconditional, num_users,
         model, others.reshape(-1), np.repeat(flat, random_users, axis=0)
     )
     out["random"] = (
-        logits.reshape(count, n * random_users).mean(axis=1).astype(
-            np.float64
-        )
+        logits.reshape(count, n * random_users).mean(axis=1).astype(np.float64)
     )
     if unconditional is not None:
         out["prior"] = (
@@ -257,10 +257,11 @@ def sweep_table(report):
             f"{row['guidance_scale']:g}",
             _mean_ci(ncf["own"]),
             _mean_ci(ncf["random"]),
-            f"{gap['diff']:+.3f} [{gap['ci_low']:+.3f}, "
-            f"{gap['ci_high']:+.3f}]",
+            f"{gap['diff']:+.3f} [{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}]",
             f"{gap['p_value']:.3g}",
-            "-" if prior is None else f"{prior['diff']:+.3f} "
+            "-"
+            if prior is None
+            else f"{prior['diff']:+.3f} "
             f"[{prior['ci_low']:+.3f}, {prior['ci_high']:+.3f}]",
             "-" if prior is None else f"{prior['p_value']:.3g}",
             _mean_ci(retrieval[f"hr@{k}"]),
@@ -286,10 +287,11 @@ def plot_sweep(report, path):
     """Four panels over the guidance scale: the NCF own-vs-random gap,
     HR@K (with the reference lines), personalisation, Frechet distance.
     Written atomically as PNG."""
+    # matplotlib costs a second to import; only the report plots need it.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend
 
     k = min(report["ks"])
     rows = report["sweep"]
@@ -322,19 +324,35 @@ def plot_sweep(report, path):
         label="guided samples",
     )
     for name, ref in report["references"]["retrieval"].items():
-        axes[1].axhline(ref[metric]["mean"], ls="--", lw=1, label=name,
-                        color=_REFERENCE_COLOURS.get(name, "grey"))
+        axes[1].axhline(
+            ref[metric]["mean"],
+            ls="--",
+            lw=1,
+            label=name,
+            color=_REFERENCE_COLOURS.get(name, "grey"),
+        )
     axes[1].legend(fontsize=7)
     axes[1].set_title(f"HR@{k} of nearest catalog items")
-    axes[2].plot(scales, [r["personalisation"]["ratio"] for r in rows],
-                 marker="o")
-    axes[2].axhline(report["references"]["personalisation"]["ratio"],
-                    ls="--", lw=1, color="grey", label="real liked items")
+    axes[2].plot(
+        scales, [r["personalisation"]["ratio"] for r in rows], marker="o"
+    )
+    axes[2].axhline(
+        report["references"]["personalisation"]["ratio"],
+        ls="--",
+        lw=1,
+        color="grey",
+        label="real liked items",
+    )
     axes[2].legend(fontsize=7)
     axes[2].set_title("across-user / within-user distance")
     axes[3].plot(scales, [r["frechet_distance"] for r in rows], marker="o")
-    axes[3].axhline(report["references"]["frechet_distance"], ls="--",
-                    lw=1, color="grey", label="real held-out vs train")
+    axes[3].axhline(
+        report["references"]["frechet_distance"],
+        ls="--",
+        lw=1,
+        color="grey",
+        label="real held-out vs train",
+    )
     axes[3].legend(fontsize=7)
     axes[3].set_title("Frechet distance to real liked items")
     for ax in axes:
@@ -358,12 +376,10 @@ _REFERENCE_COLOURS = {
 
 def _mean_ci(summary):
     return (
-        f"{summary['mean']:.3f} [{summary['low']:.3f}, "
-        f"{summary['high']:.3f}]"
+        f"{summary['mean']:.3f} [{summary['low']:.3f}, {summary['high']:.3f}]"
     )
 
 
 def _to_numpy(value):
-    import keras
 
     return keras.ops.convert_to_numpy(value)

@@ -27,11 +27,9 @@ References:
   with neural networks" (autoencoders vs PCA).
 """
 
-import json
 import logging
 import math
 import pathlib
-import time
 
 import keras
 import numpy as np
@@ -44,7 +42,6 @@ EMBEDDINGS_FILE = "embeddings.npz"
 FOLDER_NAME = "poster_decoder"
 _SSIM_K1 = 0.01  # Wang et al. 2004, section III-C
 _SSIM_K2 = 0.03
-_PREVIEW_POSTERS = 8
 
 
 # ---------------------------------------------------------------------------
@@ -77,17 +74,31 @@ class PosterEncoder(keras.Model):
         `(batch, embedding_dim)` unit vectors.
     """
 
-    def __init__(self, height, width, embedding_dim=128,
-                 filters=(16, 32, 64, 128), activation="silu", **kwargs):
+    def __init__(
+        self,
+        height,
+        width,
+        embedding_dim=128,
+        filters=(16, 32, 64, 128),
+        activation="silu",
+        **kwargs,
+    ):
         _check_architecture(height, width, embedding_dim, filters)
         # === Layers ===
         convs = [
-            keras.layers.Conv2D(f, 3, strides=2, padding="same",
-                                activation=activation, name=f"down_{i}")
+            keras.layers.Conv2D(
+                f,
+                3,
+                strides=2,
+                padding="same",
+                activation=activation,
+                name=f"down_{i}",
+            )
             for i, f in enumerate(filters)
         ]
-        mix = keras.layers.Conv2D(filters[-1], 3, padding="same",
-                                  activation=activation, name="mix")
+        mix = keras.layers.Conv2D(
+            filters[-1], 3, padding="same", activation=activation, name="mix"
+        )
         project = keras.layers.Dense(embedding_dim, name="project")
         # === Functional Model ===
         images = keras.Input((height, width, 3), name="images")
@@ -140,26 +151,40 @@ class PosterDecoder(keras.Model):
         `(batch, height, width, 3)` images in [0, 1].
     """
 
-    def __init__(self, height, width, embedding_dim=128,
-                 filters=(16, 32, 64, 128), activation="silu", **kwargs):
+    def __init__(
+        self,
+        height,
+        width,
+        embedding_dim=128,
+        filters=(16, 32, 64, 128),
+        activation="silu",
+        **kwargs,
+    ):
         _check_architecture(height, width, embedding_dim, filters)
         scale = 2 ** len(filters)
         grid = (height // scale, width // scale, filters[-1])
         # === Layers ===
         unit = keras.layers.UnitNormalization(name="unit")
-        expand = keras.layers.Dense(math.prod(grid), activation=activation,
-                                    name="expand")
+        expand = keras.layers.Dense(
+            math.prod(grid), activation=activation, name="expand"
+        )
         ups = [
-            keras.layers.Conv2D(f, 3, padding="same", activation=activation,
-                                name=f"up_{i}")
+            keras.layers.Conv2D(
+                f, 3, padding="same", activation=activation, name=f"up_{i}"
+            )
             for i, f in enumerate(reversed(filters[:-1]))
         ]
         last = keras.layers.Conv2DTranspose(
-            max(filters[0] // 2, 8), 4, strides=2, padding="same",
-            activation=activation, name="up_last",
+            max(filters[0] // 2, 8),
+            4,
+            strides=2,
+            padding="same",
+            activation=activation,
+            name="up_last",
         )
-        to_rgb = keras.layers.Conv2D(3, 3, padding="same",
-                                     activation="sigmoid", name="rgb")
+        to_rgb = keras.layers.Conv2D(
+            3, 3, padding="same", activation="sigmoid", name="rgb"
+        )
         # === Functional Model ===
         embeddings = keras.Input((embedding_dim,), name="embeddings")
         x = keras.layers.Reshape(grid)(expand(unit(embeddings)))
@@ -217,18 +242,28 @@ class PosterAutoencoder(keras.Model):
     ```
     """
 
-    def __init__(self, height, width, embedding_dim=128,
-                 filters=(16, 32, 64, 128), activation="silu",
-                 latent_noise=0.2, seed=None, **kwargs):
+    def __init__(
+        self,
+        height,
+        width,
+        embedding_dim=128,
+        filters=(16, 32, 64, 128),
+        activation="silu",
+        latent_noise=0.2,
+        seed=None,
+        **kwargs,
+    ):
         if latent_noise < 0:
             raise ValueError(
                 f"`latent_noise` must be >= 0. Received: {latent_noise}"
             )
         # === Layers ===
-        encoder = PosterEncoder(height, width, embedding_dim, filters,
-                                activation, name="encoder")
-        decoder = PosterDecoder(height, width, embedding_dim, filters,
-                                activation, name="decoder")
+        encoder = PosterEncoder(
+            height, width, embedding_dim, filters, activation, name="encoder"
+        )
+        decoder = PosterDecoder(
+            height, width, embedding_dim, filters, activation, name="decoder"
+        )
         # Per-coordinate stddev so the noise vector's norm is ~latent_noise.
         noise = keras.layers.GaussianNoise(
             latent_noise / math.sqrt(embedding_dim), seed=seed, name="noise"
@@ -274,8 +309,7 @@ class PosterReconstructionLoss(keras.losses.Loss):
         ssim_weight: float >= 0. Defaults to 0.2.
     """
 
-    def __init__(self, ssim_weight=0.2, name="poster_reconstruction",
-                 **kwargs):
+    def __init__(self, ssim_weight=0.2, name="poster_reconstruction", **kwargs):
         if ssim_weight < 0:
             raise ValueError(
                 f"`ssim_weight` must be >= 0. Received: {ssim_weight}"
@@ -317,14 +351,17 @@ def ssim(x, y, max_value=1.0, window_size=11, sigma=1.5):
     channels = x.shape[-1]
     window_size = min(window_size, int(x.shape[1]), int(x.shape[2]))
     window_size -= 1 - window_size % 2  # odd, so the window has a centre
-    g = np.exp(-0.5 * ((np.arange(window_size) - window_size // 2) / sigma)
-               ** 2)
+    g = np.exp(
+        -0.5 * ((np.arange(window_size) - window_size // 2) / sigma) ** 2
+    )
     g = (g / g.sum()).astype(np.float32)
     # Separable Gaussian: a column pass then a row pass, per channel.
-    col = ops.cast(np.tile(g[:, None, None, None], (1, 1, channels, 1)),
-                   x.dtype)
-    row = ops.cast(np.tile(g[None, :, None, None], (1, 1, channels, 1)),
-                   x.dtype)
+    col = ops.cast(
+        np.tile(g[:, None, None, None], (1, 1, channels, 1)), x.dtype
+    )
+    row = ops.cast(
+        np.tile(g[None, :, None, None], (1, 1, channels, 1)), x.dtype
+    )
 
     def blur(t):
         t = ops.depthwise_conv(t, col, strides=1, padding="valid")
@@ -377,144 +414,12 @@ class PosterBatches(keras.utils.PyDataset):
             if self.shuffle
             else np.arange(n)
         )
-        take = order[idx * self.batch_size:(idx + 1) * self.batch_size]
+        take = order[idx * self.batch_size : (idx + 1) * self.batch_size]
         x = self.images[np.sort(take)].astype(np.float32) / 255.0
         return x, x
 
     def on_epoch_end(self):
         self.epoch += 1
-
-
-# ---------------------------------------------------------------------------
-# Actions and the embedding source
-# ---------------------------------------------------------------------------
-
-
-def train_poster_decoder(cfg):
-    """Train the poster autoencoder, evaluate it on held-out posters, and
-    write `<run>/poster_decoder/`: `model.keras`, `embeddings.npz` (every
-    poster's embedding and split), `metrics.json`, `reconstructions.png`,
-    `history.json`, `config.json`.
-
-    Returns:
-        The metrics dict.
-    """
-    import train
-    from diffusion import images as images_lib
-
-    dc = cfg.decode
-    item_ids, posters = images_lib.cached_posters(
-        posters_folder(cfg), dc.image_height, dc.image_width, dc.cache_dir,
-        progress=cfg.train.verbose > 0,
-    )
-    split = split_posters(len(item_ids), dc.valid_fraction, dc.test_fraction,
-                          cfg.seed)
-    train_x, valid_x, test_x = (posters[split == s] for s in range(3))
-    logger.info(
-        "poster model: posters=%d train=%d valid=%d test=%d size=%dx%d "
-        "embedding_dim=%d",
-        len(item_ids), len(train_x), len(valid_x), len(test_x),
-        dc.image_height, dc.image_width, dc.embedding_dim,
-    )
-    model = PosterAutoencoder(
-        dc.image_height, dc.image_width, dc.embedding_dim, dc.filters,
-        latent_noise=dc.latent_noise, seed=cfg.seed,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(dc.learning_rate),
-        loss=PosterReconstructionLoss(dc.ssim_weight),
-        jit_compile=cfg.train.jit_compile and "auto",
-    )
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            patience=cfg.train.early_stopping_patience,
-            restore_best_weights=True,
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            factor=cfg.train.reduce_lr_factor,
-            patience=cfg.train.reduce_lr_patience,
-            min_lr=cfg.train.min_learning_rate,
-        ),
-    ]
-    start = time.perf_counter()
-    history = model.fit(
-        PosterBatches(train_x, dc.batch_size, seed=cfg.seed),
-        validation_data=PosterBatches(valid_x, dc.batch_size, shuffle=False),
-        epochs=dc.epochs,
-        callbacks=callbacks,
-        verbose=cfg.train.verbose,
-    )
-    fit_seconds = time.perf_counter() - start
-    embeddings = encode_posters(model.encoder, posters, dc.batch_size)
-    test_pred = decode_embeddings(model.decoder, embeddings[split == 2],
-                                  dc.batch_size)
-    pca_pred = pca_reconstruction(train_x, test_x, dc.embedding_dim)
-    mean_pred = np.broadcast_to(
-        np.round(train_x.mean(axis=0)).astype(np.uint8), test_x.shape
-    )
-    metrics = {
-        "test_posters": int(len(test_x)),
-        "image_size": [dc.image_height, dc.image_width],
-        "embedding_dim": dc.embedding_dim,
-        "epochs_run": len(history.history["loss"]),
-        "fit_seconds": round(fit_seconds, 1),
-        "keras_backend": keras.backend.backend(),
-        "autoencoder": reconstruction_metrics(test_x, test_pred),
-        "pca": reconstruction_metrics(test_x, pca_pred),
-        "mean_poster": reconstruction_metrics(test_x, mean_pred),
-    }
-    logger.info(
-        "poster model test: mse=%.4f psnr=%.2f ssim=%.3f (pca-%d mse=%.4f "
-        "ssim=%.3f; mean poster mse=%.4f ssim=%.3f)",
-        metrics["autoencoder"]["mse"], metrics["autoencoder"]["psnr"],
-        metrics["autoencoder"]["ssim"], dc.embedding_dim,
-        metrics["pca"]["mse"], metrics["pca"]["ssim"],
-        metrics["mean_poster"]["mse"], metrics["mean_poster"]["ssim"],
-    )
-    final = cfg.run_dir / FOLDER_NAME
-    with train.staging_dir(final) as stage:
-        model.save(stage / MODEL_FILE)
-        np.savez(
-            stage / EMBEDDINGS_FILE,
-            item_ids=item_ids,
-            embeddings=embeddings,
-            split=split,
-        )
-        _write_json(stage / "metrics.json", metrics)
-        _write_json(stage / "history.json", {
-            k: [float(v) for v in vals]
-            for k, vals in history.history.items()
-        })
-        train.write_run_info_config(cfg, stage)
-        n = min(_PREVIEW_POSTERS, len(test_x))
-        images_lib.write_grid(
-            stage / "reconstructions.png",
-            [list(test_x[:n]), list(test_pred[:n]), list(pca_pred[:n])],
-            row_labels=["poster", "autoenc", f"pca-{dc.embedding_dim}"],
-            title="held-out posters and their reconstructions",
-        )
-    logger.info("poster model written to %s", final)
-    return metrics
-
-
-def poster_embeddings(cfg):
-    """Every poster's embedding from the run's poster model.
-
-    Trains the model first (`train_poster_decoder`) when the run folder has
-    none, so the diffusion prior can call this on a fresh checkout.
-
-    Returns:
-        `(item_ids, embeddings)`: `(n,)` int64 raw item ids (MovieLens ids
-        for the ml-1m-posters set) and `(n, decode.embedding_dim)` float32
-        unit vectors.
-    """
-    path = cfg.run_dir / FOLDER_NAME / EMBEDDINGS_FILE
-    if not path.is_file():
-        logger.info("no poster embeddings at %s: training the poster model",
-                    path)
-        train_poster_decoder(cfg)
-    with np.load(path) as stored:
-        return stored["item_ids"], stored["embeddings"].astype(np.float32)
 
 
 def load_poster_model(folder) -> PosterAutoencoder:
@@ -531,13 +436,6 @@ def load_poster_model(folder) -> PosterAutoencoder:
             "`python main.py train_poster_decoder` (same --set options)."
         )
     return keras.saving.load_model(path, compile=False)
-
-
-def posters_folder(cfg) -> pathlib.Path:
-    """`decode.posters_dir` with a leading `{shared}` resolved."""
-    import item_content
-
-    return pathlib.Path(item_content.resolve_shared(cfg.decode.posters_dir))
 
 
 # ---------------------------------------------------------------------------
@@ -559,7 +457,7 @@ def decode_embeddings(decoder, embeddings, batch_size=64):
     embeddings = np.asarray(embeddings, np.float32)
     out = [
         ops.convert_to_numpy(
-            decoder(embeddings[i:i + batch_size], training=False)
+            decoder(embeddings[i : i + batch_size], training=False)
         )
         for i in range(0, len(embeddings), batch_size)
     ]
@@ -579,8 +477,10 @@ def split_posters(n, valid_fraction, test_fraction, seed):
     Raises:
         ValueError: fractions outside [0, 1) or leaving no training poster.
     """
-    for name, value in (("valid_fraction", valid_fraction),
-                        ("test_fraction", test_fraction)):
+    for name, value in (
+        ("valid_fraction", valid_fraction),
+        ("test_fraction", test_fraction),
+    ):
         if not 0 <= value < 1:
             raise ValueError(
                 f"`decode.{name}` must be in [0, 1). Received: {value}"
@@ -596,7 +496,7 @@ def split_posters(n, valid_fraction, test_fraction, seed):
     split = np.zeros(n, np.int8)
     order = np.random.default_rng(seed).permutation(n)
     split[order[:n_valid]] = 1
-    split[order[n_valid:n_valid + n_test]] = 2
+    split[order[n_valid : n_valid + n_test]] = 2
     return split
 
 
@@ -616,8 +516,8 @@ def reconstruction_metrics(truth, pred, batch_size=256):
         )
     mse, ssims = [], []
     for i in range(0, len(truth), batch_size):
-        t = np.asarray(truth[i:i + batch_size], np.float32) / 255.0
-        p = np.asarray(pred[i:i + batch_size], np.float32) / 255.0
+        t = np.asarray(truth[i : i + batch_size], np.float32) / 255.0
+        p = np.asarray(pred[i : i + batch_size], np.float32) / 255.0
         mse.append(((t - p) ** 2).mean(axis=(1, 2, 3)))
         ssims.append(ops.convert_to_numpy(ssim(t, p)))
     mse = np.concatenate(mse)
@@ -645,14 +545,16 @@ def pca_reconstruction(train_images, test_images, dim):
     values, vectors = np.linalg.eigh(gram)
     top = np.argsort(values)[::-1][: min(dim, len(x))]
     top = top[values[top] > 1e-9 * max(values.max(), 1e-12)]  # rank < dim
-    basis = (vectors[:, top].T @ x) / np.sqrt(
-        np.maximum(values[top], 1e-12)
-    )[:, None]
+    basis = (vectors[:, top].T @ x) / np.sqrt(np.maximum(values[top], 1e-12))[
+        :, None
+    ]
     basis = basis.astype(np.float32)  # (dim, pixels), orthonormal rows
     t = test_images.reshape(len(test_images), -1).astype(np.float32) - mean
     recon = (t @ basis.T) @ basis + mean
-    return np.clip(np.round(recon), 0, 255).astype(np.uint8).reshape(
-        test_images.shape
+    return (
+        np.clip(np.round(recon), 0, 255)
+        .astype(np.uint8)
+        .reshape(test_images.shape)
     )
 
 
@@ -673,9 +575,3 @@ def _check_architecture(height, width, embedding_dim, filters):
         raise ValueError(
             f"`embedding_dim` must be >= 2. Received: {embedding_dim}"
         )
-
-
-def _write_json(path, payload):
-    import data
-
-    data.atomic_write_text(path, json.dumps(payload, indent=2))

@@ -67,6 +67,31 @@ def score_tokens(ratings, like_threshold, dislike_threshold):
     ).astype(np.int32)
 
 
+def sinusoidal_embedding(t, dim, max_period=10000.0, dtype="float32"):
+    """Sinusoidal features of timesteps, `[cos(t f), sin(t f)]` with
+    `f_k = max_period ** (-k / (dim // 2))` (Vaswani et al. 2017; the form
+    Stable Diffusion's UNet reads), zero-padded to `dim` when it is odd.
+
+    Args:
+        t: `(batch,)` int or float timesteps.
+        dim: int >= 2, output width.
+        max_period: float > 1, longest sinusoid period.
+        dtype: compute dtype of the result.
+
+    Returns:
+        `(batch, dim)` tensor.
+    """
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half) / half).astype(
+        np.float32
+    )
+    angles = ops.cast(t, dtype)[:, None] * ops.cast(freqs, dtype)[None, :]
+    features = ops.concatenate([ops.cos(angles), ops.sin(angles)], -1)
+    if dim % 2:
+        features = ops.pad(features, [[0, 0], [0, 1]])
+    return features
+
+
 @keras.saving.register_keras_serializable(package="recsys")
 class TimestepEmbedding(keras.layers.Layer):
     """Sinusoidal features of the timestep followed by a two-layer MLP.
@@ -95,10 +120,6 @@ class TimestepEmbedding(keras.layers.Layer):
             )
         self.embedding_dim = int(embedding_dim)
         self.max_period = float(max_period)
-        half = self.embedding_dim // 2
-        self._frequencies = np.exp(
-            -math.log(self.max_period) * np.arange(half) / half
-        ).astype(np.float32)
         self.hidden = keras.layers.Dense(
             self.embedding_dim,
             activation="silu",
@@ -115,12 +136,9 @@ class TimestepEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, timestep):
-        t = ops.cast(timestep, self.compute_dtype)[:, None]
-        freqs = ops.cast(self._frequencies, self.compute_dtype)[None, :]
-        angles = t * freqs  # (batch, half)
-        features = ops.concatenate([ops.cos(angles), ops.sin(angles)], -1)
-        if self.embedding_dim % 2:
-            features = ops.pad(features, [[0, 0], [0, 1]])
+        features = sinusoidal_embedding(
+            timestep, self.embedding_dim, self.max_period, self.compute_dtype
+        )
         return self.output_dense(self.hidden(features))
 
     def compute_output_shape(self, timestep_shape):
@@ -375,8 +393,9 @@ class PriorHead(keras.layers.Layer):
         `(batch, D)` tensor; all zeros at initialisation.
     """
 
-    def __init__(self, embedding_dim, num_tokens, width, use_adaln=True,
-                 **kwargs):
+    def __init__(
+        self, embedding_dim, num_tokens, width, use_adaln=True, **kwargs
+    ):
         super().__init__(**kwargs)
         _check_tokens(embedding_dim, num_tokens)
         self.embedding_dim = int(embedding_dim)
@@ -555,8 +574,12 @@ class PriorNetwork(keras.Model):
             h = block(h, cond, cond_tokens)
         output = head(h, cond)
         super().__init__(
-            inputs={"x_t": x_t, "timestep": timestep, "user": user,
-                    "score": score},
+            inputs={
+                "x_t": x_t,
+                "timestep": timestep,
+                "user": user,
+                "score": score,
+            },
             outputs=output,
             **kwargs,
         )
@@ -715,7 +738,8 @@ class DiffusionPrior(keras.Model):
         noise = inputs.get("noise")
         if noise is None:
             noise = keras.random.normal(
-                ops.shape(x0), dtype=self.compute_dtype,
+                ops.shape(x0),
+                dtype=self.compute_dtype,
                 seed=self.seed_generator,
             )
         noise = ops.cast(noise, self.compute_dtype)
@@ -751,8 +775,9 @@ class DiffusionPrior(keras.Model):
         losses."""
         prediction = ops.convert_to_tensor(y_pred["prediction"])
         error = ops.mean(
-            ops.square(prediction - ops.cast(y_pred["target"],
-                                             prediction.dtype)),
+            ops.square(
+                prediction - ops.cast(y_pred["target"], prediction.dtype)
+            ),
             axis=-1,
         )
         weight = ops.cast(y_pred["weight"], error.dtype)
@@ -789,9 +814,7 @@ class DiffusionPrior(keras.Model):
         """Each token replaced by `null` with probability `rate`."""
         if rate == 0.0:
             return tokens
-        draw = keras.random.uniform(
-            ops.shape(tokens), seed=self.seed_generator
-        )
+        draw = keras.random.uniform(ops.shape(tokens), seed=self.seed_generator)
         return ops.where(draw < rate, ops.full_like(tokens, null), tokens)
 
 

@@ -287,9 +287,7 @@ class GuidedDenoiser:
                     for k, v in inputs.items()
                 }
             result = self.network.predict_on_batch(inputs)
-            out[start:stop] = keras.ops.convert_to_numpy(result)[
-                : stop - start
-            ]
+            out[start:stop] = keras.ops.convert_to_numpy(result)[: stop - start]
         return out
 
 
@@ -355,8 +353,7 @@ def generate(
         network, rows_user, rows_score, guidance_scale, max_batch
     )
     logger.info(
-        "sampling conditions=%d samples=%d (%s, %d steps, eta=%g, "
-        "guidance=%g)",
+        "sampling conditions=%d samples=%d (%s, %d steps, eta=%g, guidance=%g)",
         len(user),
         num_samples,
         method,

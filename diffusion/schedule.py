@@ -32,7 +32,7 @@ import math
 import numpy as np
 from keras import ops
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 PARAMETERIZATIONS = ("epsilon", "x0", "v")
 SNR_WEIGHTINGS = ("none", "min_snr")
 
@@ -41,6 +41,10 @@ SNR_WEIGHTINGS = ("none", "min_snr")
 # Dhariwal 2021, section 3.2).
 _LINEAR_BETA_START = 1e-4
 _LINEAR_BETA_END = 0.02
+# Stable Diffusion v1 trains with "scaled linear" betas: linear in
+# sqrt(beta) from 0.00085 to 0.012 over T = 1000 (Rombach et al. 2022).
+_SCALED_LINEAR_BETA_START = 0.00085
+_SCALED_LINEAR_BETA_END = 0.012
 # Cosine schedule offset s and the beta cap of Nichol & Dhariwal 2021.
 _COSINE_OFFSET = 0.008
 _MAX_BETA = 0.999
@@ -67,8 +71,9 @@ class NoiseSchedule:
     Args:
         num_timesteps: int >= 2, the number of diffusion steps T; timesteps
             are integers in `[0, T)`. Defaults to 1000.
-        schedule: `"linear"` (Ho et al. 2020, ends scaled by 1000 / T) or
-            `"cosine"` (Nichol & Dhariwal 2021, `squaredcos_cap_v2`).
+        schedule: `"linear"` (Ho et al. 2020, ends scaled by 1000 / T),
+            `"cosine"` (Nichol & Dhariwal 2021, `squaredcos_cap_v2`) or
+            `"scaled_linear"` (Stable Diffusion v1's training schedule).
             Defaults to `"cosine"`.
 
     Attributes (float32 NumPy arrays of shape `(T,)`; the float64 originals
@@ -211,8 +216,9 @@ class NoiseSchedule:
             return x0
         return self.velocity(x0, eps, t)
 
-    def loss_weight(self, t, parameterization, snr_weighting="none",
-                    snr_gamma=5.0):
+    def loss_weight(
+        self, t, parameterization, snr_weighting="none", snr_gamma=5.0
+    ):
         """Per-example weight of the MSE on the parameterisation's target.
 
         `"none"` weighs every example 1. `"min_snr"` (Hang et al. 2023)
@@ -292,6 +298,16 @@ def _betas(schedule, num_timesteps):
             scale * _LINEAR_BETA_END,
             num_timesteps,
             dtype=np.float64,
+        )
+    if schedule == "scaled_linear":
+        return (
+            np.linspace(
+                _SCALED_LINEAR_BETA_START**0.5,
+                _SCALED_LINEAR_BETA_END**0.5,
+                num_timesteps,
+                dtype=np.float64,
+            )
+            ** 2
         )
     # beta_t = 1 - f(t + 1) / f(t) with f(t) = cos^2(((t / T) + s) / (1 + s)
     # * pi / 2), capped so that the last steps stay invertible.

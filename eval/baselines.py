@@ -62,6 +62,18 @@ class Baseline:
     def get_config(self) -> dict:
         return {}
 
+    def refit_params(self) -> dict:
+        """Nothing is selected on valid, so a refit reuses nothing."""
+        return {}
+
+    def metadata(self) -> dict:
+        """The class and its hyper-parameters (JSON-ready)."""
+        return {
+            "kind": "baseline",
+            "class_name": type(self).__name__,
+            "config": self.get_config(),
+        }
+
     def fit(self, train, valid=None) -> dict:
         """Fit on `train` (an `Interactions`); `valid` is ignored.
 
@@ -393,7 +405,38 @@ class EASE(Baseline):
 
 
 class _MatrixFactorization(Baseline):
-    """Scores are dot products of learned user and item factors."""
+    """Scores are dot products of learned user and item factors, so the
+    vectors serve retrieval indexes (`has_vectors`)."""
+
+    has_vectors = True
+
+    def __init__(
+        self,
+        factors,
+        regularization,
+        iterations,
+        seed,
+        num_threads,
+        show_progress,
+    ):
+        super().__init__()
+        _check_positive_int(factors, "factors")
+        _check_positive_int(iterations, "iterations")
+        _check_non_negative(regularization, "regularization")
+        self.factors = int(factors)
+        self.regularization = float(regularization)
+        self.iterations = int(iterations)
+        self.seed = int(seed)
+        self.num_threads = int(num_threads)
+        self.show_progress = bool(show_progress)
+
+    def user_embeddings(self, user_idx) -> np.ndarray:
+        """`(len(user_idx), factors)`: the users' factors."""
+        return self.user_factors[np.asarray(user_idx)]
+
+    def item_embeddings(self) -> np.ndarray:
+        """`(num_items, factors)`: the item factors."""
+        return self.item_factors
 
     @property
     def user_factors(self) -> np.ndarray:
@@ -406,6 +449,21 @@ class _MatrixFactorization(Baseline):
         """`(num_items, factors)` float32."""
         self._check_fitted()
         return self._item_factors
+
+    def get_config(self) -> dict:
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def _fit(self, x):
+        implicit_module = _import_implicit(self._MODULE)
+        with threadpoolctl.threadpool_limits(1, "blas"):
+            model = self._implicit_model(implicit_module)
+            model.fit(x, show_progress=self.show_progress)
+        self._user_factors = np.asarray(model.user_factors, np.float32)
+        self._item_factors = np.asarray(model.item_factors, np.float32)
+
+    def _implicit_model(self, implicit_module):
+        """The unfitted `implicit` model with this instance's settings."""
+        raise NotImplementedError
 
     def _score(self, user_idx):
         return self._user_factors[user_idx] @ self._item_factors.T
@@ -454,45 +512,38 @@ class ALS(_MatrixFactorization):
         num_threads: int = 0,
         show_progress: bool = False,
     ):
-        super().__init__()
-        _check_positive_int(factors, "factors")
-        _check_positive_int(iterations, "iterations")
-        _check_non_negative(regularization, "regularization")
+        super().__init__(
+            factors,
+            regularization,
+            iterations,
+            seed,
+            num_threads,
+            show_progress,
+        )
         if not float(alpha) > 0:
             raise ValueError(f"`alpha` must be > 0. Received: alpha={alpha}")
-        self.factors = int(factors)
-        self.regularization = float(regularization)
-        self.iterations = int(iterations)
         self.alpha = float(alpha)
-        self.seed = int(seed)
-        self.num_threads = int(num_threads)
-        self.show_progress = bool(show_progress)
 
-    def get_config(self) -> dict:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-            "alpha": self.alpha,
-            "seed": self.seed,
-            "num_threads": self.num_threads,
-            "show_progress": self.show_progress,
-        }
+    _MODULE = "als"
+    _PARAMS = (
+        "factors",
+        "regularization",
+        "iterations",
+        "alpha",
+        "seed",
+        "num_threads",
+        "show_progress",
+    )
 
-    def _fit(self, x):
-        implicit_als = _import_implicit("als")
-        with threadpoolctl.threadpool_limits(1, "blas"):
-            model = implicit_als.AlternatingLeastSquares(
-                factors=self.factors,
-                regularization=self.regularization,
-                alpha=self.alpha,
-                iterations=self.iterations,
-                num_threads=self.num_threads,
-                random_state=self.seed,
-            )
-            model.fit(x, show_progress=self.show_progress)
-        self._user_factors = np.asarray(model.user_factors, np.float32)
-        self._item_factors = np.asarray(model.item_factors, np.float32)
+    def _implicit_model(self, implicit_module):
+        return implicit_module.AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            num_threads=self.num_threads,
+            random_state=self.seed,
+        )
 
     def fold_in(self, item_idx) -> np.ndarray:
         """The user factor of a user absent from training, from the items
@@ -552,48 +603,41 @@ class BPR(_MatrixFactorization):
         num_threads: int = 0,
         show_progress: bool = False,
     ):
-        super().__init__()
-        _check_positive_int(factors, "factors")
-        _check_positive_int(iterations, "iterations")
-        _check_non_negative(regularization, "regularization")
+        super().__init__(
+            factors,
+            regularization,
+            iterations,
+            seed,
+            num_threads,
+            show_progress,
+        )
         if not float(learning_rate) > 0:
             raise ValueError(
                 "`learning_rate` must be > 0. Received: "
                 f"learning_rate={learning_rate}"
             )
-        self.factors = int(factors)
         self.learning_rate = float(learning_rate)
-        self.regularization = float(regularization)
-        self.iterations = int(iterations)
-        self.seed = int(seed)
-        self.num_threads = int(num_threads)
-        self.show_progress = bool(show_progress)
 
-    def get_config(self) -> dict:
-        return {
-            "factors": self.factors,
-            "learning_rate": self.learning_rate,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-            "seed": self.seed,
-            "num_threads": self.num_threads,
-            "show_progress": self.show_progress,
-        }
+    _MODULE = "bpr"
+    _PARAMS = (
+        "factors",
+        "learning_rate",
+        "regularization",
+        "iterations",
+        "seed",
+        "num_threads",
+        "show_progress",
+    )
 
-    def _fit(self, x):
-        implicit_bpr = _import_implicit("bpr")
-        with threadpoolctl.threadpool_limits(1, "blas"):
-            model = implicit_bpr.BayesianPersonalizedRanking(
-                factors=self.factors,
-                learning_rate=self.learning_rate,
-                regularization=self.regularization,
-                iterations=self.iterations,
-                num_threads=self.num_threads,
-                random_state=self.seed,
-            )
-            model.fit(x, show_progress=self.show_progress)
-        self._user_factors = np.asarray(model.user_factors, np.float32)
-        self._item_factors = np.asarray(model.item_factors, np.float32)
+    def _implicit_model(self, implicit_module):
+        return implicit_module.BayesianPersonalizedRanking(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            num_threads=self.num_threads,
+            random_state=self.seed,
+        )
 
 
 class ContentProfile(Baseline):
@@ -837,10 +881,10 @@ def _import_implicit(module):
     # scipy usually have loaded it, so the fits also run inside
     # `threadpoolctl.threadpool_limits(1, "blas")`.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    try:
+    try:  # `implicit` only for ALS / BPR (it is a compiled extension)
         if module == "als":
             import implicit.cpu.als as implicit_module
-        else:
+        else:  # the BPR half of the same extension
             import implicit.cpu.bpr as implicit_module
     except ImportError as e:
         raise ImportError(

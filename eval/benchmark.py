@@ -23,6 +23,7 @@ atomically.
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
 import io
 import json
 import logging
@@ -34,6 +35,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import tqdm
 
 from eval import baselines
 from eval import metrics
@@ -220,7 +222,13 @@ def run_benchmark(
             item_popularity=popularity,
         )
         segments = _segments(
-            model, result, test_truth, test_mask, history, ks, num_bootstrap,
+            model,
+            result,
+            test_truth,
+            test_mask,
+            history,
+            ks,
+            num_bootstrap,
             seed,
         )
         del model
@@ -423,8 +431,7 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _segments(model, result, truth, exclude, history, ks, num_bootstrap,
-              seed):
+def _segments(model, result, truth, exclude, history, ks, num_bootstrap, seed):
     """Test N@K and R@K (largest K) with CIs for user and item segments.
 
     Users: cold = the 20% with the fewest interactions in the history the
@@ -440,12 +447,17 @@ def _segments(model, result, truth, exclude, history, ks, num_bootstrap,
     item_seg = metrics.item_segments(history.item_counts())
     views = {
         f"{name} users": result.subset(mask[result.users])
-        for name, mask in (("cold", user_seg["cold"]),
-                           ("warm", user_seg["warm"]))
+        for name, mask in (
+            ("cold", user_seg["cold"]),
+            ("warm", user_seg["warm"]),
+        )
     }
     for name in ("head", "tail"):
         views[f"{name} items"] = metrics.evaluate(
-            model.score, truth, exclude=exclude, ks=ks,
+            model.score,
+            truth,
+            exclude=exclude,
+            ks=ks,
             item_mask=item_seg[name],
         )
     out = {}
@@ -454,8 +466,9 @@ def _segments(model, result, truth, exclude, history, ks, num_bootstrap,
         for m in shown:
             values = view.per_user[m]
             entry[m] = (
-                _round_dict(stats.bootstrap_ci(values, num_bootstrap,
-                                               seed=seed))
+                _round_dict(
+                    stats.bootstrap_ci(values, num_bootstrap, seed=seed)
+                )
                 if len(values)
                 else None
             )
@@ -477,10 +490,11 @@ def _segment_lines(report):
         "history the model was fit on. Head / tail items: top / bottom 20% "
         "of items by that count; the ground truth is restricted to them.",
         "",
-        "| method | " + " | ".join(
-            f"{s} (n={rows[0][1]['segments'][s]['num_users']})"
-            for s in names
-        ) + " |",
+        "| method | "
+        + " | ".join(
+            f"{s} (n={rows[0][1]['segments'][s]['num_users']})" for s in names
+        )
+        + " |",
         "|---" * (len(names) + 1) + "|",
     ]
     for name, r in rows:
@@ -491,7 +505,8 @@ def _segment_lines(report):
             for m in (f"ndcg@{k}", f"recall@{k}"):
                 ci = seg.get(m)
                 parts.append(
-                    "n/a" if ci is None
+                    "n/a"
+                    if ci is None
                     else f"{ci['mean']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]"
                 )
             cells.append(" / ".join(parts))
@@ -501,7 +516,7 @@ def _segment_lines(report):
 
 def plot_report(report: dict):
     """A matplotlib `Figure`: N@K and R@K per model with 95% CI bars."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # slow import; plots only
 
     k = report["ks"][-1]
     shown = [f"ndcg@{k}", f"recall@{k}"]
@@ -545,24 +560,20 @@ def _compare(per_user, reference, ks, num_bootstrap, seed):
             )
         return {}
     k = ks[-1]
-    out = {}
-    for name, values in per_user.items():
-        if name == reference:
-            continue
-        out[name] = {}
-        for metric in (f"ndcg@{k}", f"recall@{k}"):
-            test = stats.paired_test(
-                values[metric],
-                per_user[reference][metric],
-                method="bootstrap",
-                num_samples=num_bootstrap,
-                seed=seed,
-            )
-            out[name][metric] = _round_dict(test)
-            logger.info(
-                "%s", stats.describe_difference(test, name, reference, metric)
-            )
-    return out
+    tests, lines = stats.compare(
+        per_user,
+        reference,
+        (f"ndcg@{k}", f"recall@{k}"),
+        seed=seed,
+        num_samples=num_bootstrap,
+        anchor_first=False,
+    )
+    for line in lines:
+        logger.info("%s", line)
+    return {
+        name: {metric: _round_dict(test) for metric, test in by.items()}
+        for name, by in tests.items()
+    }
 
 
 def _write_outputs(report, per_user, users, out_dir):
@@ -603,31 +614,23 @@ def _timed(fn, *args, **kwargs):
 
 
 def _progress_bar(total, enabled):
-    import tqdm
-
     return tqdm.tqdm(total=total, disable=not enabled, unit="fit")
 
 
 def _environment():
-    import numpy
-    import scipy
-
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
     }
-    try:
-        import implicit
-
-        env["implicit"] = implicit.__version__
-    except ImportError:
-        pass
+    for package in ("numpy", "scipy", "implicit"):
+        try:
+            env[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return env
 
 

@@ -42,6 +42,7 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
+import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -882,14 +883,5 @@ def _progress(total, enabled):
     """(advance(done), close()) callables for a bar over `total` blocks."""
     if not enabled:
         return (lambda done: None), (lambda: None)
-    try:
-        # Lazy: keras is heavy and evaluation must not need it.
-        import keras
-
-        bar = keras.utils.Progbar(total, unit_name="block")
-        return bar.update, (lambda: None)
-    except ImportError:
-        import tqdm
-
-        bar = tqdm.tqdm(total=total, unit="block")
-        return (lambda done: bar.update(done - bar.n)), bar.close
+    bar = tqdm.tqdm(total=total, unit="block")
+    return (lambda done: bar.update(done - bar.n)), bar.close

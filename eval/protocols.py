@@ -14,7 +14,6 @@ benchmark code never re-derives those rules.
 """
 
 import dataclasses
-import os
 import pathlib
 
 import numpy as np
@@ -24,7 +23,6 @@ import data
 
 P2_FILES = ("train_list.npy", "valid_list.npy", "test_list.npy")
 P2_RELATIVE = pathlib.Path("datasets") / "diffrec" / "ml-1m_clean"
-SHARED_ENV = "RECSYS_SHARED"
 
 
 class DatasetUnavailable(FileNotFoundError):
@@ -142,7 +140,7 @@ def load_p2(folder=None) -> Split:
         raise DatasetUnavailable(
             f"P2 data not found: {', '.join(missing)} missing in {folder} "
             f"(looked for {', '.join(P2_FILES)}). Pass `folder=` to "
-            f"`load_p2`, or set {SHARED_ENV} to the shared folder that "
+            f"`load_p2`, or set {config.SHARED_ENV} to the shared folder that "
             f"holds {P2_RELATIVE}. It is not shipped with the project: its "
             "licence forbids redistribution."
         )
@@ -178,11 +176,7 @@ def load_p2(folder=None) -> Split:
 
 def p2_folder() -> pathlib.Path:
     """Where `load_p2` looks by default (see its docstring)."""
-    shared = os.environ.get(SHARED_ENV)
-    if shared:
-        return pathlib.Path(shared) / P2_RELATIVE
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    return repo.parent / "shared" / P2_RELATIVE
+    return config.shared_root() / P2_RELATIVE
 
 
 def load_protocol(name: str, path=None) -> Split:

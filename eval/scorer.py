@@ -22,6 +22,7 @@ Everything runs host-side in NumPy. `evaluate_scorer` can write `roc.png`,
 each atomically.
 """
 
+import io
 import json
 import math
 import os
@@ -392,7 +393,7 @@ def _bootstrap_aucs(positive, scores, num_bootstrap, rng):
 
 
 def _plot_roc(fpr, tpr, report):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # slow import; plots only
 
     ci = report["auc_ci"]
     fig = Figure(figsize=(4.5, 4.5))
@@ -420,7 +421,7 @@ def _plot_roc(fpr, tpr, report):
 
 
 def _plot_calibration(table, positive, probs, report):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # slow import; plots only
 
     edges = table["bin_edges"]
     filled = table["counts"] > 0
@@ -456,8 +457,6 @@ def _plot_calibration(table, positive, probs, report):
 
 
 def _save_figure(fig, path):
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     _atomic_write_bytes(path, buffer.getvalue())

@@ -155,6 +155,57 @@ def describe_difference(result: dict, name_a: str, name_b: str, metric: str):
     )
 
 
+def confidence_intervals(per_user, metrics, num_samples=1000, seed=0):
+    """`{metric: bootstrap_ci(...)}` for each of `metrics` present in
+    `per_user` (a dict of `(num_users,)` arrays, e.g.
+    `RankingResult.per_user`)."""
+    return {
+        m: bootstrap_ci(per_user[m], num_samples, seed=seed)
+        for m in metrics
+        if m in per_user
+    }
+
+
+def compare(
+    per_user,
+    anchor,
+    metrics,
+    seed=0,
+    num_samples=10000,
+    method="bootstrap",
+    anchor_first=True,
+):
+    """Paired tests between the model `anchor` and every other model.
+
+    Args:
+        per_user: dict of model name to a dict of `(num_users,)` arrays
+            per metric, all on the same users.
+        anchor: the name every other model is compared with.
+        metrics: metric names to test.
+        seed, num_samples, method: as in `paired_test`.
+        anchor_first: test `anchor - other` (True) or `other - anchor`.
+
+    Returns:
+        `(results, lines)`: `{other: {metric: paired_test result}}` and one
+        `describe_difference` sentence per test.
+    """
+    results, lines = {}, []
+    for name, values in per_user.items():
+        if name == anchor:
+            continue
+        for metric in metrics:
+            a, b = per_user[anchor][metric], values[metric]
+            names = (anchor, name)
+            if not anchor_first:
+                a, b, names = b, a, (name, anchor)
+            result = paired_test(
+                a, b, method=method, num_samples=num_samples, seed=seed
+            )
+            results.setdefault(name, {})[metric] = result
+            lines.append(describe_difference(result, *names, metric))
+    return results, lines
+
+
 def _bootstrap_means(values, num_samples, rng):
     """Means of `num_samples` resamples (with replacement) of `values`."""
     n = values.size

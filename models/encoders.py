@@ -18,6 +18,7 @@ Frozen encoders (run once on the host; outputs go to the feature cache):
 - Text: see `models/text_encoders.py` (MiniLM, hashed TF-IDF).
 """
 
+import importlib
 import logging
 
 import keras
@@ -97,9 +98,7 @@ class ConvImageEncoder(keras.layers.Layer):
             )
             for i, f in enumerate(self.filters)
         ]
-        self.pool = keras.layers.GlobalAveragePooling2D(
-            dtype=self.dtype_policy
-        )
+        self.pool = keras.layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
         self.drop = keras.layers.Dropout(
             dropout, seed=seed, dtype=self.dtype_policy
         )
@@ -157,8 +156,9 @@ class FeatureProjection(MLPTower):
         seed: optional int.
     """
 
-    def __init__(self, hidden_dims=(), output_dim=64, dropout=0.0, seed=None,
-                 **kwargs):
+    def __init__(
+        self, hidden_dims=(), output_dim=64, dropout=0.0, seed=None, **kwargs
+    ):
         kwargs.pop("normalize", None)
         super().__init__(
             hidden_dims=hidden_dims,
@@ -190,7 +190,7 @@ def image_backbone(name, size, weights="imagenet"):
     """
     inputs = keras.Input((size, size, 3))
     if str(name).startswith("keras_hub:"):
-        import keras_hub
+        import keras_hub  # imports TensorFlow: only for keras-hub backbones
 
         preset = name.split(":", 1)[1]
         backbone = keras_hub.models.Backbone.from_preset(
@@ -245,7 +245,6 @@ def image_backbone(name, size, weights="imagenet"):
 
 def _applications_module(name):
     """The keras.applications submodule holding `name`'s preprocess_input."""
-    import importlib
 
     families = {
         "MobileNetV2": "mobilenet_v2",

@@ -113,9 +113,13 @@ class MLPTower(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: {dropout}")
+            raise ValueError(
+                f"`dropout` must be in [0, 1). Received: {dropout}"
+            )
         if output_dim < 1:
-            raise ValueError(f"`output_dim` must be >= 1. Received: {output_dim}")
+            raise ValueError(
+                f"`output_dim` must be >= 1. Received: {output_dim}"
+            )
         self.hidden_dims = tuple(int(d) for d in hidden_dims)
         self.output_dim = output_dim
         self.dropout = dropout
@@ -157,8 +161,9 @@ class MLPTower(keras.layers.Layer):
         x = self.out(x)
         if self.normalize:
             x = x / ops.sqrt(
-                ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True),
-                            1e-12)
+                ops.maximum(
+                    ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12
+                )
             )
         return x
 

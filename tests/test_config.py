@@ -69,17 +69,37 @@ def test_data_config_describes_a_new_dataset():
     """Everything needed to read another dataset is a DataConfig field."""
     data_fields = {f.name for f in dataclasses.fields(config.DataConfig)}
     assert {
-        "path", "format", "sep", "header", "column_names", "encoding",
-        "user_col", "item_col", "rating_col", "timestamp_col",
-        "implicit_threshold", "duplicates", "min_user_interactions",
-        "min_item_interactions", "item_features", "user_features",
+        "path",
+        "format",
+        "sep",
+        "header",
+        "column_names",
+        "encoding",
+        "user_col",
+        "item_col",
+        "rating_col",
+        "timestamp_col",
+        "implicit_threshold",
+        "duplicates",
+        "min_user_interactions",
+        "min_item_interactions",
+        "item_features",
+        "user_features",
     } <= data_fields
     feature_fields = {
         f.name for f in dataclasses.fields(config.FeatureFileConfig)
     }
     assert {
-        "path", "format", "header", "column_names", "id_col", "categorical",
-        "numeric", "multivalued", "multivalued_sep", "text",
+        "path",
+        "format",
+        "header",
+        "column_names",
+        "id_col",
+        "categorical",
+        "numeric",
+        "multivalued",
+        "multivalued_sep",
+        "text",
     } <= feature_fields
 
 
@@ -209,8 +229,10 @@ def test_malformed_assignment(assignment):
         ("model.baseline_params=[1]", "model.baseline_params"),
         ("data.path=None", "data.path"),
         ("data.path=3", "data.path"),
-        ("data.item_features.max_categories=many",
-         "data.item_features.max_categories"),
+        (
+            "data.item_features.max_categories=many",
+            "data.item_features.max_categories",
+        ),
     ],
 )
 def test_wrong_type_names_the_key(assignment, key):
@@ -275,8 +297,9 @@ def test_override_tuples():
     ).model.hidden_dims == (8, 4, 2)
     one = config.override(cfg, ["model.hidden_dims=32"]).model.hidden_dims
     assert one == (32,) and type(one) is tuple
-    assert config.override(cfg, ["model.hidden_dims=()"]).model.hidden_dims \
-        == ()
+    assert (
+        config.override(cfg, ["model.hidden_dims=()"]).model.hidden_dims == ()
+    )
     assert config.override(cfg, ["eval.ks=5"]).eval.ks == (5,)
     names = config.override(
         cfg, ["data.item_features.categorical=genre"]
@@ -302,15 +325,22 @@ def test_override_optional_fields_to_none_and_back():
     assert cfg.data.timestamp_col is None
     assert cfg.data.sep is None
     assert cfg.data.item_features.path is None
-    assert config.override(
-        cfg, ["data.implicit_threshold=3.5"]
-    ).data.implicit_threshold == 3.5
-    assert config.override(
-        cfg, ["data.implicit_threshold=4"]
-    ).data.implicit_threshold == 4.0
-    assert config.override(
-        cfg, ["data.rating_col=stars"]
-    ).data.rating_col == "stars"
+    assert (
+        config.override(
+            cfg, ["data.implicit_threshold=3.5"]
+        ).data.implicit_threshold
+        == 3.5
+    )
+    assert (
+        config.override(
+            cfg, ["data.implicit_threshold=4"]
+        ).data.implicit_threshold
+        == 4.0
+    )
+    assert (
+        config.override(cfg, ["data.rating_col=stars"]).data.rating_col
+        == "stars"
+    )
 
 
 def test_override_paths_from_strings():
@@ -420,7 +450,9 @@ def test_field_paths_lists_every_leaf():
     num_feature = len(dataclasses.fields(config.FeatureFileConfig))
     expected = (
         2  # seed, backend
-        + len(dataclasses.fields(config.DataConfig)) - 2 + 2 * num_feature
+        + len(dataclasses.fields(config.DataConfig))
+        - 2
+        + 2 * num_feature
         + sum(
             len(dataclasses.fields(cls))
             for name, cls in SECTIONS.items()
@@ -479,7 +511,8 @@ def _config_members():
             for fn in cls.body:
                 if isinstance(fn, ast.FunctionDef):
                     members[fn.name] = {
-                        n.attr for n in ast.walk(fn)
+                        n.attr
+                        for n in ast.walk(fn)
                         if isinstance(n, ast.Attribute)
                     }
     return members

@@ -4,7 +4,6 @@ id encoding, splits, model inputs, batches, feature tables and writers."""
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import zlib
 
@@ -15,6 +14,7 @@ import pytest
 
 import config
 import data
+from runtime import runs
 
 COLUMNS = ["userId", "movieId", "rating", "timestamp"]
 # (user, item, rating, timestamp); file order is not time order on purpose.
@@ -66,8 +66,9 @@ def _write_format(tmp_path, fmt):
     raise AssertionError(fmt)
 
 
-def _interactions(user, item, ts=None, value=None, num_users=None,
-                  num_items=None):
+def _interactions(
+    user, item, ts=None, value=None, num_users=None, num_items=None
+):
     user = np.asarray(user)
     item = np.asarray(item)
     n = len(user)
@@ -168,8 +169,9 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_missing_column_names_it_and_lists_present(tmp_path):
-    path = _write_csv(tmp_path / "r.csv", ["userId", "itemId", "rating",
-                                            "timestamp"], ROWS)
+    path = _write_csv(
+        tmp_path / "r.csv", ["userId", "itemId", "rating", "timestamp"], ROWS
+    )
     with pytest.raises(ValueError) as e:
         data.load(_cfg(path))
     msg = str(e.value)
@@ -326,9 +328,12 @@ def test_unknown_duplicate_rule(tmp_path):
 
 def test_k_core_is_iterated_until_stable(tmp_path):
     rows = [
-        ("u1", "i1"), ("u1", "i2"),
-        ("u2", "i1"), ("u2", "i2"),
-        ("u3", "i2"), ("u3", "i3"),
+        ("u1", "i1"),
+        ("u1", "i2"),
+        ("u2", "i1"),
+        ("u2", "i2"),
+        ("u3", "i2"),
+        ("u3", "i3"),
         ("u4", "i3"),
     ]
     rows = [(u, i, 1.0, t) for t, (u, i) in enumerate(rows)]
@@ -339,9 +344,7 @@ def test_k_core_is_iterated_until_stable(tmp_path):
     one = frame[frame["item"].map(frame["item"].value_counts()) >= 2]
     one = one[one["user"].map(one["user"].value_counts()) >= 2]
     assert one["item"].value_counts().min() < 2
-    ds = data.load(
-        _cfg(path, min_user_interactions=2, min_item_interactions=2)
-    )
+    ds = data.load(_cfg(path, min_user_interactions=2, min_item_interactions=2))
     x = ds.interactions
     assert ds.user_ids.tolist() == ["u1", "u2"]
     assert ds.item_ids.tolist() == ["i1", "i2"]
@@ -414,8 +417,9 @@ def test_parquet_datetime_column_any_resolution(tmp_path, unit):
     path = tmp_path / "r.parquet"
     frame.to_parquet(path)
     ts = data.load(_cfg(path)).interactions.ts
-    np.testing.assert_array_equal(ts, np.array([r[3] for r in ROWS])
-                                  + 1_600_000_000)
+    np.testing.assert_array_equal(
+        ts, np.array([r[3] for r in ROWS]) + 1_600_000_000
+    )
 
 
 def test_jsonl_date_strings_and_epoch_numbers(tmp_path):
@@ -440,29 +444,31 @@ def test_interactions_validate_ranges_and_lengths():
     with pytest.raises(ValueError, match=r"`item` .* in \[0, 3\)"):
         _interactions([0, 1], [0, 3], num_items=3)
     with pytest.raises(ValueError, match="`item` has 1 rows but `user` has 2"):
-        data.Interactions(np.array([0, 1]), np.array([0]), np.ones(2),
-                          np.zeros(2), 2, 2)
+        data.Interactions(
+            np.array([0, 1]), np.array([0]), np.ones(2), np.zeros(2), 2, 2
+        )
     with pytest.raises(ValueError, match="`ts` has 3 rows"):
-        data.Interactions(np.array([0, 1]), np.array([0, 1]), np.ones(2),
-                          np.zeros(3), 2, 2)
+        data.Interactions(
+            np.array([0, 1]), np.array([0, 1]), np.ones(2), np.zeros(3), 2, 2
+        )
 
 
 def test_interactions_cast_dtypes_and_allow_empty():
     x = _interactions([0, 1], [1, 0], value=[1, 2])
     assert x.user.dtype == np.int32 and x.value.dtype == np.float32
     assert x.ts.dtype == np.int64
-    empty = data.Interactions(np.zeros(0), np.zeros(0), np.zeros(0),
-                              np.zeros(0), 2, 2)
+    empty = data.Interactions(
+        np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), 2, 2
+    )
     assert len(empty) == 0
 
 
 def test_to_csr_binary_collapses_duplicates():
-    x = _interactions([0, 0, 1], [2, 2, 0], value=[3.0, 4.0, 5.0],
-                      num_users=3, num_items=3)
-    binary = x.to_csr().toarray()
-    np.testing.assert_array_equal(
-        binary, [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
+    x = _interactions(
+        [0, 0, 1], [2, 2, 0], value=[3.0, 4.0, 5.0], num_users=3, num_items=3
     )
+    binary = x.to_csr().toarray()
+    np.testing.assert_array_equal(binary, [[0, 0, 1], [1, 0, 0], [0, 0, 0]])
     summed = x.to_csr(binary=False).toarray()
     assert summed[0, 2] == 7.0 and summed[1, 0] == 5.0
     assert x.to_csr().shape == (3, 3) and x.to_csr().nnz == 2
@@ -597,8 +603,9 @@ def test_shipped_data_p1_split_counts():
     ds = data.load(cfg)
     x = ds.interactions
     assert (len(x), x.num_users, x.num_items) == (100_836, 610, 9_724)
-    train, valid, test = data.split(x, cfg.split, cfg.valid_fraction,
-                                    cfg.test_fraction)
+    train, valid, test = data.split(
+        x, cfg.split, cfg.valid_fraction, cfg.test_fraction
+    )
     assert (len(train), len(valid), len(test)) == (70_061, 10_358, 20_417)
 
 
@@ -628,8 +635,9 @@ def test_history_matrix_newest_first_padded_truncated():
 def test_item_log_probs():
     lp = data.item_log_probs(np.array([0, 1, 3]))
     assert lp.dtype == np.float32 and np.all(np.isfinite(lp))
-    np.testing.assert_allclose(np.exp(lp), np.array([0.5, 1, 3]) / 4.5,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.exp(lp), np.array([0.5, 1, 3]) / 4.5, rtol=1e-6
+    )
 
 
 def test_uniform_sampler_in_range():
@@ -644,8 +652,9 @@ def test_uniform_sampler_in_range():
 def _chi2(observed, expected_p):
     expected = expected_p * observed.sum()
     keep = expected > 0
-    return float(np.sum((observed[keep] - expected[keep]) ** 2
-                        / expected[keep]))
+    return float(
+        np.sum((observed[keep] - expected[keep]) ** 2 / expected[keep])
+    )
 
 
 def test_popularity_sampler_follows_count_power_alpha():
@@ -681,17 +690,24 @@ def _batches(x, **kwargs):
 
 def _same(a, b):
     (xa, ya), (xb, yb) = a, b
-    return xa.keys() == xb.keys() and all(
-        np.array_equal(xa[k], xb[k]) for k in xa
-    ) and np.array_equal(ya, yb)
+    return (
+        xa.keys() == xb.keys()
+        and all(np.array_equal(xa[k], xb[k]) for k in xa)
+        and np.array_equal(ya, yb)
+    )
 
 
 def test_batches_depend_only_on_seed_epoch_idx():
     x = _random_interactions()
     hist = data.history_matrix(x, 6)
     sampler = data.negative_sampler(x.item_counts())
-    kwargs = dict(history=hist, history_dropout=0.3, num_negatives=2,
-                  sampler=sampler, seed=5)
+    kwargs = dict(
+        history=hist,
+        history_dropout=0.3,
+        num_negatives=2,
+        sampler=sampler,
+        seed=5,
+    )
     ds = _batches(x, **kwargs)
     assert isinstance(ds, keras.utils.PyDataset)
     first = ds[2]
@@ -718,11 +734,12 @@ def test_batch_randomness_is_keyed_by_seed_epoch_idx():
         order = np.random.default_rng([11, epoch]).permutation(len(x))
         for idx in (0, 3):
             batch, _ = ds[idx]
-            rows = order[idx * 8:(idx + 1) * 8]
+            rows = order[idx * 8 : (idx + 1) * 8]
             np.testing.assert_array_equal(batch["item"], x.item[rows])
             rng = np.random.default_rng([11, epoch, idx])
-            np.testing.assert_array_equal(batch["neg_item"],
-                                          sampler(rng, (8, 3)))
+            np.testing.assert_array_equal(
+                batch["neg_item"], sampler(rng, (8, 3))
+            )
         ds.on_epoch_end()
     # Different batches of one epoch draw differently.
     ds = _batches(x, num_negatives=3, sampler=sampler, shuffle=False)
@@ -791,8 +808,12 @@ def test_features_negatives_logq_shapes():
     itf = rng.random((x.num_items, 5)).astype(np.float32)
     logq = data.item_log_probs(x.item_counts())
     ds = _batches(
-        x, user_features=uf, item_features=itf, num_negatives=4,
-        sampler=data.negative_sampler(x.item_counts()), item_logq=logq,
+        x,
+        user_features=uf,
+        item_features=itf,
+        num_negatives=4,
+        sampler=data.negative_sampler(x.item_counts()),
+        item_logq=logq,
     )
     batch, label = ds[0]
     assert batch["user_features"].shape == (8, 3)
@@ -801,8 +822,9 @@ def test_features_negatives_logq_shapes():
     assert batch["neg_item_features"].shape == (8, 4, 5)
     assert batch["item_logq"].shape == (8,)
     np.testing.assert_array_equal(batch["user_features"], uf[batch["user"]])
-    np.testing.assert_array_equal(batch["neg_item_features"],
-                                  itf[batch["neg_item"]])
+    np.testing.assert_array_equal(
+        batch["neg_item_features"], itf[batch["neg_item"]]
+    )
     np.testing.assert_array_equal(batch["item_logq"], logq[batch["item"]])
     assert batch["neg_item"].min() >= 0
     assert batch["neg_item"].max() < x.num_items
@@ -888,13 +910,16 @@ def test_categorical_one_hot(tmp_path):
     # The vocabulary comes from the rows of catalog items only (no horror).
     assert names == ["genre=comedy", "genre=drama"]
     np.testing.assert_array_equal(block, [[0, 1], [1, 0], [0, 1], [0, 0]])
-    assert t.stats["genre"] == {"type": "categorical",
-                                "vocabulary": ["comedy", "drama"]}
+    assert t.stats["genre"] == {
+        "type": "categorical",
+        "vocabulary": ["comedy", "drama"],
+    }
 
 
 def test_categorical_max_categories_keeps_most_frequent(tmp_path):
-    t = _feature_dataset(tmp_path, categorical=("genre",),
-                         max_categories=1).item_features
+    t = _feature_dataset(
+        tmp_path, categorical=("genre",), max_categories=1
+    ).item_features
     block, names = _block(t, "genre=")
     assert names == ["genre=drama"]
     np.testing.assert_array_equal(block[:, 0], [1, 0, 1, 0])
@@ -909,8 +934,9 @@ def test_multivalued_multi_hot(tmp_path):
 
 def test_multivalued_custom_separator(tmp_path):
     text = "id,tags\n10,a;b\n20,b\n"
-    t = _feature_dataset(tmp_path, text, multivalued=("tags",),
-                         multivalued_sep=";").item_features
+    t = _feature_dataset(
+        tmp_path, text, multivalued=("tags",), multivalued_sep=";"
+    ).item_features
     block, names = _block(t, "tags=")
     assert names == ["tags=a", "tags=b"]
     np.testing.assert_array_equal(block[:2], [[1, 1], [0, 1]])
@@ -924,8 +950,12 @@ def test_numeric_standardised_with_missing_indicator(tmp_path):
     # item 40 no row: both flagged, value 0.
     np.testing.assert_allclose(year, [-1, 1, 0, 0], atol=1e-6)
     np.testing.assert_array_equal(flag, [0, 0, 1, 1])
-    assert t.stats["year"] == {"type": "numeric", "mean": 1995.0,
-                               "std": 5.0, "log1p": False}
+    assert t.stats["year"] == {
+        "type": "numeric",
+        "mean": 1995.0,
+        "std": 5.0,
+        "log1p": False,
+    }
 
 
 def test_numeric_skewed_gets_log1p(tmp_path):
@@ -933,24 +963,33 @@ def test_numeric_skewed_gets_log1p(tmp_path):
     text = "id,views\n10,1\n20,1\n30,1\n40,100000\n"
     t = _feature_dataset(tmp_path, text, numeric=("views",)).item_features
     assert t.stats["views"]["log1p"] is False
-    np.testing.assert_allclose(t.values[:, 0], [-1 / 3**0.5] * 3 + [3**0.5],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        t.values[:, 0], [-1 / 3**0.5] * 3 + [3**0.5], rtol=1e-5
+    )
     # 24 items, one huge: skew 22/sqrt(23) = 4.6 > 2, so log1p first.
     views = [100000, 1, 2] + [1] * 21
     items = list(range(1, 25))
     inter = [(1, i, 1.0, k) for k, i in enumerate(items)]
     path = _write_csv(tmp_path / "r.csv", COLUMNS, inter)
     feat = tmp_path / "views.csv"
-    feat.write_text("id,views\n" + "".join(
-        f"{i},{v}\n" for i, v in zip(items, views)))
-    ds = data.load(_cfg(path, item_features=config.FeatureFileConfig(
-        path=feat, numeric=("views",))))
+    feat.write_text(
+        "id,views\n" + "".join(f"{i},{v}\n" for i, v in zip(items, views))
+    )
+    ds = data.load(
+        _cfg(
+            path,
+            item_features=config.FeatureFileConfig(
+                path=feat, numeric=("views",)
+            ),
+        )
+    )
     t = ds.item_features
     assert t.stats["views"]["log1p"] is True
     logged = np.log1p(np.array(views, np.float64))
     expected = (logged - logged.mean()) / logged.std()
-    np.testing.assert_allclose(t.values[:, t.names.index("views")],
-                               expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        t.values[:, t.names.index("views")], expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_non_numeric_feature_names_file_column_and_row(tmp_path):
@@ -964,10 +1003,12 @@ def test_non_numeric_feature_names_file_column_and_row(tmp_path):
 
 def test_hashed_text_l2_normalised_and_crc32(tmp_path):
     buckets = 64
-    t = _feature_dataset(tmp_path, text=("title",),
-                         text_buckets=buckets).item_features
+    t = _feature_dataset(
+        tmp_path, text=("title",), text_buckets=buckets
+    ).item_features
     block, names = _block(t, "title#")
     assert names == [f"title#{b}" for b in range(buckets)]
+
     # Reference: lower-cased words, crc32 buckets (stable across processes,
     # unlike `hash`), counts, then L2 normalisation.
     def ref(words):
@@ -980,8 +1021,7 @@ def test_hashed_text_l2_normalised_and_crc32(tmp_path):
     np.testing.assert_allclose(block[1], ref(["heat"] * 3), rtol=1e-6)
     np.testing.assert_array_equal(block[2], 0)  # empty title
     np.testing.assert_array_equal(block[3], 0)  # no row
-    np.testing.assert_allclose(np.linalg.norm(block[:2], axis=1), 1,
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(block[:2], axis=1), 1, rtol=1e-6)
     assert t.stats["title"] == {"type": "text", "buckets": buckets}
 
 
@@ -994,11 +1034,14 @@ def test_missing_feature_column_names_it(tmp_path):
 
 
 def test_user_features_and_string_feature_ids(tmp_path):
-    users = pd.DataFrame({"uid": ["3", "1"], "age": [30.0, 20.0],
-                          "city": ["x", "y"]})
+    users = pd.DataFrame(
+        {"uid": ["3", "1"], "age": [30.0, 20.0], "city": ["x", "y"]}
+    )
     users.to_parquet(tmp_path / "users.parquet")
     fcfg = config.FeatureFileConfig(
-        path=tmp_path / "users.parquet", id_col="uid", numeric=("age",),
+        path=tmp_path / "users.parquet",
+        id_col="uid",
+        numeric=("age",),
         categorical=("city",),
     )
     path = _write_csv(tmp_path / "r.csv", COLUMNS, ROWS)
@@ -1017,7 +1060,9 @@ def test_feature_file_without_header(tmp_path):
     feat = tmp_path / "items.dat"
     feat.write_text("10::drama\n20::comedy\n", encoding="utf-8")
     fcfg = config.FeatureFileConfig(
-        path=feat, header=False, column_names=("id", "genre"),
+        path=feat,
+        header=False,
+        column_names=("id", "genre"),
         categorical=("genre",),
     )
     path = _write_csv(tmp_path / "r.csv", COLUMNS, ROWS)
@@ -1044,17 +1089,22 @@ def test_filtered_frame_has_raw_ids_after_filtering(tmp_path):
 
 
 def test_encoders_are_json_serialisable(tmp_path):
-    ds = _feature_dataset(tmp_path, categorical=("genre",),
-                          multivalued=("tags",), numeric=("year",),
-                          text=("title",), text_buckets=8)
+    ds = _feature_dataset(
+        tmp_path,
+        categorical=("genre",),
+        multivalued=("tags",),
+        numeric=("year",),
+        text=("title",),
+        text_buckets=8,
+    )
     enc = json.loads(json.dumps(ds.encoders()))
     assert enc["user_ids"] == [1, 2, 3]
     assert enc["item_ids"] == [10, 20, 30, 40]
     assert enc["item_features"]["genre"]["vocabulary"] == ["comedy", "drama"]
     assert enc["item_features"]["year"]["mean"] == 1995.0
     assert enc["user_features"] is None
+    runs.write_run_info(config.default(), tmp_path / "run", ds)
     out = tmp_path / "run" / "encoders.json"
-    data.save_encoders(ds, out)
     assert json.loads(out.read_text()) == enc
 
 
@@ -1065,51 +1115,14 @@ def test_encoders_string_ids(tmp_path):
     assert enc["user_ids"] == ["a", "b"] and enc["item_ids"] == ["x", "y"]
 
 
-def test_atomic_write_text_replaces(tmp_path):
-    path = tmp_path / "sub" / "out.json"
-    data.atomic_write_text(path, "old")
-    data.atomic_write_text(path, "new")
-    assert path.read_text() == "new"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]
-
-
-def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path,
-                                                         monkeypatch):
-    path = tmp_path / "out.json"
-    path.write_text("old")
-
-    def boom(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(data.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
-        data.atomic_write_text(path, "new")
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-def test_atomic_write_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
-    path = tmp_path / "out.json"
-    path.write_text("old")
-    real = pathlib.Path.write_text
-
-    def half_write(self, text, *args, **kwargs):
-        real(self, text[:2], *args, **kwargs)
-        raise OSError("interrupted")
-
-    monkeypatch.setattr(pathlib.Path, "write_text", half_write)
-    with pytest.raises(OSError, match="interrupted"):
-        data.atomic_write_text(path, "new contents")
-    monkeypatch.undo()
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-    assert os.path.exists(path)
-
-
 def test_split_rejects_fractions_leaving_no_train():
     x = data.Interactions(
-        user=[0, 0, 0], item=[0, 1, 2], value=[1, 1, 1], ts=[1, 2, 3],
-        num_users=1, num_items=3,
+        user=[0, 0, 0],
+        item=[0, 1, 2],
+        value=[1, 1, 1],
+        ts=[1, 2, 3],
+        num_users=1,
+        num_items=3,
     )
     with pytest.raises(ValueError, match="train keeps data"):
         data.split(x, "chrono", valid_fraction=0.5, test_fraction=0.5)
@@ -1119,8 +1132,12 @@ def test_cold_items_split_holds_out_whole_items():
     rng = np.random.default_rng(3)
     n = 400
     x = data.Interactions(
-        user=rng.integers(0, 20, n), item=rng.integers(0, 50, n),
-        value=np.ones(n), ts=np.arange(n), num_users=20, num_items=50,
+        user=rng.integers(0, 20, n),
+        item=rng.integers(0, 50, n),
+        value=np.ones(n),
+        ts=np.arange(n),
+        num_users=20,
+        num_items=50,
     )
     train, valid, test = data.split(x, "cold_items", 0.1, 0.2, seed=1)
     assert len(train) + len(valid) + len(test) == n

@@ -1,0 +1,333 @@
+"""Every recommender family the toolkit knows, registered in one place.
+
+Adding a model family is one network file in `models/`, one `register(...)`
+block here and its config fields (see docs/architecture.md, "Adding a
+model"). A Keras family whose training examples are (user, item)
+interactions only needs a `KerasSpec`: a function building the network from
+the recommender's settings, and how it scores.
+"""
+
+import dataclasses
+import json
+
+from content import items as content_items
+from content.personas import corpus as persona_corpus
+from content.personas import generate as persona_generate
+from eval import baselines
+from models.ncf import NCF
+from models.two_tower import TwoTower
+from recommenders.keras_recommender import KerasRecommender
+from recommenders.keras_recommender import KerasSpec
+from recommenders.persona_reranker import PersonaReranker
+from recommenders.registry import INFO_FILE
+from recommenders.registry import Family
+from recommenders.registry import get
+from recommenders.registry import load
+from recommenders.registry import register
+from recommenders.registry import register_loader
+
+# ---------------------------------------------------------------------------
+# Two-tower retrieval
+# ---------------------------------------------------------------------------
+
+
+def _two_tower_model(rec, num_users, num_items, only=None):
+    del only  # one branch only
+    mc = rec.model_cfg
+    encoder = rec.item_encoder()
+    return TwoTower(
+        num_users=num_users,
+        num_items=num_items,
+        embedding_dim=mc.embedding_dim,
+        id_embedding_dim=mc.id_embedding_dim,
+        hidden_dims=mc.hidden_dims,
+        dropout=mc.dropout,
+        l2=mc.l2,
+        loss=rec.loss,
+        temperature=mc.temperature,
+        use_logq=mc.use_logq,
+        history_length=mc.history_length if mc.use_history else 0,
+        use_user_id=mc.use_user_id,
+        num_user_features=0
+        if rec.user_features is None
+        else rec.user_features.shape[1],
+        num_item_features=0
+        if rec.item_features is None
+        else rec.item_features.shape[1],
+        seed=rec.seed,
+        item_encoder=encoder,
+        use_item_id=encoder is None or rec.multimodal_cfg.use_item_id,
+    )
+
+
+TWO_TOWER = KerasSpec(
+    name="two_tower",
+    build_model=_two_tower_model,
+    scoring="dot",
+    default_loss="softmax",
+    uses_history=True,
+    wants_item_features=lambda mc: mc.use_item_features,
+)
+
+# ---------------------------------------------------------------------------
+# Neural collaborative filtering (NeuMF)
+# ---------------------------------------------------------------------------
+
+
+def _ncf_model(rec, num_users, num_items, only=None):
+    mc = rec.model_cfg
+    encoder = rec.item_encoder()
+    num_features = (
+        0 if rec.item_features is None else rec.item_features.shape[1]
+    )
+    item_input = mc.item_input
+    if encoder is not None:
+        item_input = "both" if rec.multimodal_cfg.use_item_id else "features"
+    return NCF(
+        num_users=num_users,
+        num_items=num_items,
+        item_input=item_input,
+        num_item_features=num_features,
+        gmf_dim=mc.gmf_dim,
+        mlp_embedding_dim=mc.id_embedding_dim,
+        mlp_dims=mc.mlp_dims,
+        dropout=mc.dropout,
+        l2=mc.l2,
+        use_gmf=only != "mlp",
+        use_mlp=only != "gmf",
+        loss=rec.loss,
+        seed=rec.seed,
+        item_encoder=encoder,
+    )
+
+
+def _ncf_pretrain(rec, train, epochs):
+    """He et al. 2017, 3.4.1: train GMF-only and MLP-only models, then
+    start NeuMF from their weights."""
+    parts = {}
+    for branch in ("gmf", "mlp"):
+        sub = KerasRecommender(
+            rec.spec,
+            dataclasses.replace(rec.model_cfg, pretrain=False),
+            rec.train_cfg,
+            ks=rec.ks,
+            memory_budget_mb=rec.memory_budget_mb,
+            seed=rec.seed,
+        )
+        sub.item_features = rec.item_features
+        sub.model = sub.build_model(
+            train.num_users, train.num_items, only=branch
+        )
+        sub.fit(train, None, epochs=epochs, warm_start=True)
+        parts[branch] = sub.model
+    return NCF.from_pretrained(parts["gmf"], parts["mlp"])
+
+
+NCF_SPEC = KerasSpec(
+    name="ncf",
+    build_model=_ncf_model,
+    scoring="pairwise",
+    default_loss="bce",
+    wants_item_features=lambda mc: mc.item_input != "id",
+    pretrain=_ncf_pretrain,
+)
+
+KERAS_SPECS = {}
+
+
+def keras_recommender(cfg, spec, item_features=None, user_features=None):
+    """A fresh `KerasRecommender` of `spec` with `cfg`'s settings."""
+    return KerasRecommender(
+        spec,
+        cfg.model,
+        cfg.train,
+        item_features=item_features,
+        user_features=user_features,
+        ks=cfg.eval.ks,
+        memory_budget_mb=cfg.eval.memory_budget_mb,
+        seed=cfg.seed,
+        multimodal_cfg=cfg.multimodal,
+        scale_cfg=cfg.scale,
+    )
+
+
+def register_keras(spec, summary, pointwise=False):
+    """Register a `KerasRecommender` family: built from `cfg.model` and the
+    dataset's feature tables, loaded back by `spec.name`."""
+
+    def build(cfg, dataset):
+        return keras_recommender(
+            cfg,
+            spec,
+            item_features=None if dataset is None else dataset.item_features,
+            user_features=None if dataset is None else dataset.user_features,
+        )
+
+    KERAS_SPECS[spec.name] = spec
+    register(
+        Family(
+            name=spec.name,
+            kind="keras",
+            build=build,
+            section="model",
+            summary=summary,
+            default_loss=spec.default_loss,
+            pointwise=pointwise,
+        )
+    )
+
+
+register_keras(
+    TWO_TOWER,
+    "two-tower retrieval: history-pooling user tower, item tower with "
+    "features, in-batch softmax with logQ (default)",
+)
+register_keras(
+    NCF_SPEC,
+    "NeuMF (GMF + MLP), BCE over sampled negatives or BPR",
+    pointwise=True,
+)
+
+# `multimodal` is either family above with the content encoder as its item
+# side (`multimodal.base`).
+MULTIMODAL = {
+    spec.name: dataclasses.replace(spec, name="multimodal", content_items=True)
+    for spec in (TWO_TOWER, NCF_SPEC)
+}
+
+
+def _build_multimodal(cfg, dataset):
+    if dataset is None:
+        raise ValueError(
+            "`model.name='multimodal'` needs a dataset with raw item ids "
+            "to join item content on."
+        )
+    features = content_items.multimodal_item_features(
+        cfg.multimodal, cfg.data.item_features, dataset.item_ids
+    )
+    return keras_recommender(
+        cfg,
+        MULTIMODAL[cfg.multimodal.base],
+        item_features=features,
+        user_features=dataset.user_features,
+    )
+
+
+def _load_keras(path):
+    info = json.loads((path / INFO_FILE).read_text())
+    family = info.get("family", info["model"]["name"])
+    if family == "multimodal":
+        spec = MULTIMODAL[info["multimodal"]["base"]]
+    else:
+        spec = KERAS_SPECS[family]
+    return KerasRecommender.load(path, spec)
+
+
+register(
+    Family(
+        name="multimodal",
+        kind="keras",
+        build=_build_multimodal,
+        section="multimodal",
+        summary="two-tower or NCF with an image + text + numeric item encoder",
+    )
+)
+register_loader("keras", _load_keras)
+
+# ---------------------------------------------------------------------------
+# Persona reranking over any other family
+# ---------------------------------------------------------------------------
+
+
+def _build_persona(cfg, dataset):
+    """A fresh `PersonaReranker` over `persona.first_stage` (any other
+    `model.name`; `model.baseline_params` go to it)."""
+    pc = cfg.persona
+    if pc.first_stage == "persona":
+        raise ValueError(
+            "`persona.first_stage` must name another model, e.g. 'ease' or "
+            "'two_tower'. Received: 'persona'"
+        )
+    if pc.generator == "llm" and pc.personas_path is None:
+        raise ValueError(
+            "The reranker does not call the LLM while fitting: run `python "
+            "main.py build_personas --set persona.generator=llm` and set "
+            "`persona.personas_path` to its personas.jsonl."
+        )
+    first_cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, name=pc.first_stage)
+    )
+    first = get(pc.first_stage).build(first_cfg, dataset)
+    corpus = persona_corpus.build_corpus(dataset, cfg.data, pc)
+    embedder = None
+    if pc.encoder == "minilm":
+        embedder = persona_generate.text_embedder(
+            cfg.run_dir / "persona_cache", pc.minilm_length
+        )
+    return PersonaReranker(
+        first,
+        persona_generate.make_source(pc, corpus, dataset, cfg.seed),
+        text_embedder=embedder,
+        encoder=pc.encoder,
+        num_personas=pc.num_personas,
+        candidates=pc.candidates,
+        blend_weight=pc.blend_weight,
+        aggregation=pc.aggregation,
+        temperature=pc.temperature,
+        label_smoothing=pc.label_smoothing,
+        profile_length=pc.profile_length,
+        recency_gamma=pc.recency_gamma,
+        embedding_dim=pc.embedding_dim,
+        hidden_dims=pc.hidden_dims,
+        dropout=pc.dropout,
+        text_length=pc.text_length,
+        vocab_buckets=pc.vocab_buckets,
+        target_fraction=pc.target_fraction,
+        epochs=pc.epochs,
+        batch_size=pc.batch_size,
+        learning_rate=pc.learning_rate,
+        patience=cfg.train.early_stopping_patience,
+        jit_compile=cfg.train.jit_compile,
+        verbose=cfg.train.verbose,
+        seed=cfg.seed,
+    )
+
+
+register(
+    Family(
+        name="persona",
+        kind="reranker",
+        build=_build_persona,
+        section="persona",
+        summary="reranks a first stage's top-M by item personas vs the user's "
+        "recent history",
+    )
+)
+register_loader(
+    "persona", lambda path: PersonaReranker.load(path, load_first_stage=load)
+)
+
+# ---------------------------------------------------------------------------
+# Baselines (eval/baselines.py)
+# ---------------------------------------------------------------------------
+
+
+def _build_baseline(name):
+    def build(cfg, dataset):
+        del dataset  # baselines read only the interactions given to fit
+        return baselines.make_baseline(name, **cfg.model.baseline_params)
+
+    return build
+
+
+for _name, _cls in baselines.BASELINES.items():
+    register(
+        Family(
+            name=_name,
+            kind="baseline",
+            build=_build_baseline(_name),
+            section="model.baseline_params",
+            summary=(_cls.__doc__ or _name).strip().splitlines()[0],
+        )
+    )
+register_loader("baseline", baselines.Baseline.load)

@@ -236,13 +236,18 @@ class StableDiffusionDecoder:
         sampler = DDIMSampler(self.schedule, int(steps))
         bar = keras.utils.Progbar(sampler.num_steps) if self.verbose else None
         reps = len(contexts) // n
+        # Host arrays only: predict_on_batch refuses numpy mixed with
+        # backend tensors (torch).
+        steps_embedded = ops.convert_to_numpy(
+            sinusoidal_embedding(sampler.timesteps, TIMESTEP_DIM)
+        )
         for index, t in enumerate(sampler.timesteps):
             eps = np.asarray(
                 self.diffusion_model.predict_on_batch(
                     {
                         "latent": np.concatenate([latent] * reps),
-                        "timestep_embedding": sinusoidal_embedding(
-                            np.full(n * reps, t), TIMESTEP_DIM
+                        "timestep_embedding": np.repeat(
+                            steps_embedded[index : index + 1], n * reps, 0
                         ),
                         "context": contexts,
                     }

@@ -42,6 +42,7 @@ class FeatureFileConfig:
     text: tuple[str, ...] = ()  # hashed bag of words
     max_categories: int = 1000  # most frequent values kept per column
     text_buckets: int = 512  # hash buckets for text columns, >= 1
+    min_coverage: float = 0.5  # share of users/items the file must cover
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ class DataConfig:
     user_col: str = "userId"
     item_col: str = "movieId"
     rating_col: str | None = "rating"  # None = implicit data, value 1
-    timestamp_col: str | None = "timestamp"  # None = file order is time
+    timestamp_col: str | None = "timestamp"  # None = no time (see below)
+    order_by_file: bool = False  # no timestamp_col: rows are in time order
+    weight_col: str | None = None  # counts (plays, clicks); None = weight 1
+    weight_transform: str = "log1p"  # log1p|linear|binary: count -> weight
     implicit_threshold: float | None = None  # keep rating >= this; None=all
     duplicates: str = "last"  # last|first|max|sum|error (same user+item)
     min_user_interactions: int = 0  # k-core on users, iterated to stable
@@ -133,6 +137,7 @@ class TrainConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (10, 20)  # cut-offs for the metrics
     memory_budget_mb: int = 256  # score block size for ranking
+    memory_warning_gb: float = 4.0  # warn before a fit estimated above this
     num_bootstrap: int = 1000  # resamples for confidence intervals
     baselines: tuple[str, ...] = ("most_popular",)  # shown beside the model
     protocol: str = "p1"  # benchmark protocol: p1|p2
@@ -151,7 +156,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     runs_dir: Path = Path("runs")  # relative to the working directory
-    run_name: str = "default"  # outputs go to runs_dir / run_name
+    run_name: str = "auto"  # runs_dir / run_name; auto = model.name
     top_k: int = 10  # recommendations per user in predictions
 
 
@@ -189,6 +194,10 @@ class ServeConfig:
     faiss_index: str = "flat"  # flat (exact)|ivf|hnsw; knobs in scale.*
     reranker: Path | None = None  # another run's model folder; None = off
     candidates: int = 200  # retrieved items the reranker re-scores, >= 1
+    api_key: str | None = None  # required X-API-Key; None = $RECSYS_API_KEY
+    rate_limit: float = 0.0  # requests per second per client; 0 = off
+    rate_burst: int = 20  # requests a client may send at once, >= 1
+    max_body_bytes: int = 1_000_000  # largest request body, >= 1024
 
 
 @dataclass(frozen=True)
@@ -398,7 +407,12 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return self.output.runs_dir / self.output.run_name
+        """`runs_dir / run_name`; with `run_name="auto"` the folder is named
+        after `model.name`, so runs of different models never share one."""
+        name = self.output.run_name
+        return self.output.runs_dir / (
+            self.model.name if name == "auto" else name
+        )
 
 
 def default() -> Config:
@@ -561,6 +575,8 @@ DISTRIBUTIONS = ("none", "data_parallel", "model_parallel")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INDEXES = ("exact", "flat", "ivf", "hnsw")
 MODALITIES = ("text", "image", "numeric")
+WEIGHT_TRANSFORMS = ("log1p", "linear", "binary")
+ORDERED_SPLITS = ("chrono", "leave_last_out", "time_cut")
 
 
 @dataclass(frozen=True)
@@ -612,6 +628,7 @@ _FEATURE_FILE_RULES = {
     "format": _one_of("auto", *FORMATS),
     "max_categories": _at_least(1),
     "text_buckets": _at_least(1),
+    "min_coverage": _PROBABILITY,
 }
 RULES = {
     "backend": _one_of("jax", "tensorflow", "torch"),
@@ -622,6 +639,7 @@ RULES = {
     "data.split": _one_of(*SPLITS),
     "data.valid_fraction": _FRACTION,
     "data.test_fraction": _OPEN_UNIT,
+    "data.weight_transform": _one_of(*WEIGHT_TRANSFORMS),
     **{f"data.item_features.{k}": v for k, v in _FEATURE_FILE_RULES.items()},
     **{f"data.user_features.{k}": v for k, v in _FEATURE_FILE_RULES.items()},
     "model.embedding_dim": _at_least(1),
@@ -651,6 +669,7 @@ RULES = {
     "train.verbose": _one_of(0, 1, 2),
     "eval.ks": _at_least(1),
     "eval.memory_budget_mb": _at_least(1),
+    "eval.memory_warning_gb": _POSITIVE,
     "eval.num_bootstrap": _at_least(1),
     "eval.protocol": _one_of("p1", "p2"),
     "eval.cold_item_fraction": _OPEN_UNIT,
@@ -670,6 +689,9 @@ RULES = {
     "serve.max_batch": _at_least(1),
     "serve.faiss_index": _one_of("flat", "ivf", "hnsw"),
     "serve.candidates": _at_least(1),
+    "serve.rate_limit": _NON_NEGATIVE,
+    "serve.rate_burst": _at_least(1),
+    "serve.max_body_bytes": _at_least(1024),
     "persona.num_personas": _at_least(1),
     "persona.generator": _one_of("data", "llm"),
     "persona.min_persona_users": _at_least(1),
@@ -772,6 +794,18 @@ def check(cfg: Config) -> None:
         ValueError: naming the keys and what they must satisfy.
     """
     d = cfg.data
+    if (
+        d.split in ORDERED_SPLITS
+        and d.timestamp_col is None
+        and not d.order_by_file
+    ):
+        raise ValueError(
+            f"`data.split={d.split!r}` orders each user's interactions by "
+            "time, but `data.timestamp_col` is None. Set "
+            "`data.timestamp_col` to the time column, or "
+            "`data.split='random'`, or `data.order_by_file=True` if the "
+            f"rows of {pathlib.Path(d.path).name} are in time order."
+        )
     if d.split in ("chrono", "random") and (
         d.valid_fraction + d.test_fraction >= 1
     ):

@@ -31,10 +31,14 @@ class Interactions:
     Args:
         user: `(n,)` int32 contiguous user indices in `[0, num_users)`.
         item: `(n,)` int32 contiguous item indices in `[0, num_items)`.
-        value: `(n,)` float32 rating or weight (1.0 for implicit data).
-        ts: `(n,)` int64 timestamps (0 where the data has none).
+        value: `(n,)` float32 rating (1.0 for implicit data).
+        ts: `(n,)` int64 timestamps (the file row where the data has none).
         num_users: size of the user index space (not only users present).
         num_items: size of the catalog (not only items present).
+        weight: optional `(n,)` float32 sample weight of each interaction
+            (from a count column, `data.weight_col`); all ones by default.
+        ordered: `ts` orders each user's interactions in time (False when
+            it is only the file row), so time-based splits are meaningful.
     """
 
     user: np.ndarray
@@ -43,10 +47,14 @@ class Interactions:
     ts: np.ndarray
     num_users: int
     num_items: int
+    weight: np.ndarray | None = None
+    ordered: bool = True
 
     def __post_init__(self):
         n = len(self.user)
-        for name in ("item", "value", "ts"):
+        if self.weight is None:
+            object.__setattr__(self, "weight", np.ones(n, np.float32))
+        for name in ("item", "value", "ts", "weight"):
             if len(getattr(self, name)) != n:
                 raise ValueError(
                     f"`{name}` has {len(getattr(self, name))} rows but `user` "
@@ -56,6 +64,7 @@ class Interactions:
         object.__setattr__(self, "item", np.asarray(self.item, np.int32))
         object.__setattr__(self, "value", np.asarray(self.value, np.float32))
         object.__setattr__(self, "ts", np.asarray(self.ts, np.int64))
+        object.__setattr__(self, "weight", np.asarray(self.weight, np.float32))
         if n and (self.user.min() < 0 or self.user.max() >= self.num_users):
             raise ValueError(
                 f"`user` indices must lie in [0, {self.num_users}). Received "
@@ -70,10 +79,20 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.user)
 
-    def to_csr(self, binary: bool = True) -> sp.csr_matrix:
-        """`(num_users, num_items)` sparse matrix; duplicates are summed,
-        or collapsed to 1.0 when `binary`."""
-        data = np.ones(len(self), np.float32) if binary else self.value
+    @property
+    def weighted(self) -> bool:
+        """Some interaction weighs other than 1 (count data)."""
+        return bool(len(self.weight) and np.any(self.weight != 1.0))
+
+    def to_csr(self, binary: bool = True, weighted: bool = False):
+        """`(num_users, num_items)` sparse matrix of ones (`binary`), of the
+        sample weights (`weighted`) or of the values; duplicates are summed
+        (collapsed to 1.0 when `binary`)."""
+        if weighted:
+            binary = False
+            data = self.weight
+        else:
+            data = np.ones(len(self), np.float32) if binary else self.value
         m = sp.csr_matrix(
             (data, (self.user, self.item)),
             shape=(self.num_users, self.num_items),
@@ -92,6 +111,7 @@ class Interactions:
             item=self.item[mask],
             value=self.value[mask],
             ts=self.ts[mask],
+            weight=self.weight[mask],
         )
 
     def concat(self, other: "Interactions") -> "Interactions":
@@ -110,6 +130,8 @@ class Interactions:
             item=np.concatenate([self.item, other.item]),
             value=np.concatenate([self.value, other.value]),
             ts=np.concatenate([self.ts, other.ts]),
+            weight=np.concatenate([self.weight, other.weight]),
+            ordered=self.ordered and other.ordered,
         )
 
     def item_counts(self) -> np.ndarray:
@@ -167,6 +189,7 @@ class Dataset:
     user_features: FeatureTable | None
     raw: pd.DataFrame
     source: str
+    steps: dict = dataclasses.field(default_factory=dict)  # rows per step
 
     def filtered_frame(self) -> pd.DataFrame:
         """The kept interactions with raw ids, in the `raw` column layout."""
@@ -199,6 +222,7 @@ def read_table(
     header=True,
     column_names=(),
     encoding="utf-8",
+    setting="data",
 ) -> pd.DataFrame:
     """Read a csv/tsv/`::`-dat/parquet/JSON-lines file into a DataFrame.
 
@@ -206,16 +230,27 @@ def read_table(
     row loop); multi-character separators such as `::` are rewritten to a
     single control character first, since no fast reader takes them.
 
+    Args:
+        setting: the config section that describes the file (`data`,
+            `data.item_features`, ...), named in error messages.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unknown format, or a file that cannot be parsed.
+        ValueError: unknown format, an empty file, a wrong text encoding,
+            or a file that cannot be parsed (with the separator it seems
+            to use, when that differs).
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"Data file not found: {path} (resolved: {path.resolve()}). "
-            "Point `data.path` in config.py (or `--set data.path=...`) at "
-            "your interaction file."
+            f"Point `{setting}.path` in config.py (or `--set "
+            f"{setting}.path=...`) at your file."
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"{path} is empty (0 bytes): `{setting}.path` must point at a "
+            "file with a header row and one interaction per line."
         )
     fmt = _detect_format(path) if format == "auto" else format
     if fmt not in FORMATS:
@@ -239,10 +274,20 @@ def read_table(
             )
         else:
             frame = _read_text(path, fmt, sep, header, column_names, encoding)
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         raise
+    except UnicodeError as e:
+        raise _encoding_error(path, encoding, e, setting) from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{path} holds no columns to read: is it empty, or not a "
+            f"{fmt} file? Check `{setting}.path` and `{setting}.format`."
+        ) from None
     except Exception as e:  # parser errors differ by engine
-        raise ValueError(f"Could not parse {path} as {fmt}: {e}") from e
+        raise ValueError(
+            f"Could not parse {path} as {fmt}: {e}"
+            + separator_hint(path, fmt, sep, encoding, setting)
+        ) from e
     if column_names and fmt in ("parquet", "jsonl"):
         frame.columns = list(column_names)
     return frame
@@ -259,7 +304,11 @@ def load(cfg) -> Dataset:
     frame = read_table(
         path, cfg.format, cfg.sep, cfg.header, cfg.column_names, cfg.encoding
     )
-    raw = _standardise(frame, cfg, path)
+    try:
+        raw = _standardise(frame, cfg, path)
+    except UnicodeError as e:  # pyarrow decodes text lazily
+        raise _encoding_error(path, cfg.encoding, e, "data") from None
+    steps = {"read": len(raw)}
     logger.info(
         "read %s: rows=%d users=%d items=%d",
         path.name,
@@ -275,6 +324,7 @@ def load(cfg) -> Dataset:
                 "`data.rating_col` is None."
             )
         kept = kept[kept["rating"] >= cfg.implicit_threshold]
+        steps["implicit_threshold"] = len(kept)
         logger.info(
             "kept %d of %d rows with rating >= %g",
             len(kept),
@@ -282,7 +332,9 @@ def load(cfg) -> Dataset:
             cfg.implicit_threshold,
         )
     kept = _deduplicate(kept, cfg.duplicates, path)
+    steps["duplicates"] = len(kept)
     kept = _k_core(kept, cfg.min_user_interactions, cfg.min_item_interactions)
+    steps["k_core"] = len(kept)
     if kept.empty:
         raise ValueError(
             f"No interactions left in {path} after filtering (rows read: "
@@ -305,6 +357,10 @@ def load(cfg) -> Dataset:
         ts=kept["timestamp"].to_numpy(np.int64),
         num_users=len(user_ids),
         num_items=len(item_ids),
+        weight=count_weights(kept["weight"].to_numpy(), cfg.weight_transform)
+        if "weight" in kept
+        else None,
+        ordered=cfg.timestamp_col is not None or cfg.order_by_file,
     )
     user_ids = np.asarray(user_ids)
     item_ids = np.asarray(item_ids)
@@ -319,7 +375,9 @@ def load(cfg) -> Dataset:
         interactions=interactions,
         user_ids=user_ids,
         item_ids=item_ids,
-        item_features=_load_features(cfg.item_features, item_ids, "item"),
+        item_features=_load_features(
+            item_feature_config(cfg), item_ids, "item"
+        ),
         user_features=_load_features(cfg.user_features, user_ids, "user"),
         # Without a timestamp column the file row stood in for time; it is
         # no time, so `raw` (and EDA's time figures) leave it out.
@@ -328,7 +386,165 @@ def load(cfg) -> Dataset:
             + (["timestamp"] if cfg.timestamp_col is None else [])
         ),
         source=str(path),
+        steps=steps,
     )
+
+
+def count_weights(counts, transform="log1p") -> np.ndarray:
+    """Sample weights from counts (plays, clicks, purchases): `log1p`
+    (1 + log(1 + count), so one play weighs about 1.7 and a thousand about
+    7.9), `linear` (the count itself) or `binary` (1 for any count > 0).
+
+    Returns:
+        `(n,)` float32.
+    """
+    counts = np.asarray(counts, np.float64)
+    if transform == "log1p":
+        weights = 1.0 + np.log1p(counts)
+    elif transform == "linear":
+        weights = counts
+    elif transform == "binary":
+        weights = (counts > 0).astype(np.float64)
+    else:
+        raise ValueError(
+            "`data.weight_transform` must be one of "
+            f"{config_lib.WEIGHT_TRANSFORMS}. Received: {transform!r}"
+        )
+    return weights.astype(np.float32)
+
+
+def item_feature_config(cfg):
+    """`cfg.item_features`, except that the shipped MovieLens feature file
+    (the default) is only joined onto the shipped MovieLens ratings: a new
+    `data.path` with the default feature file gets no item features."""
+    default = config_lib.DataConfig()
+    features = cfg.item_features
+    uses_default_file = features.path is not None and _same_file(
+        features.path, default.item_features.path
+    )
+    if uses_default_file and not _same_file(cfg.path, default.path):
+        logger.warning(
+            "data.path is not the shipped MovieLens file, so the shipped "
+            "MovieLens item features (%s) are not joined onto it; set "
+            "`data.item_features.path` to your own feature file.",
+            pathlib.Path(features.path).name,
+        )
+        return dataclasses.replace(features, path=None)
+    return features
+
+
+def _same_file(a, b) -> bool:
+    return pathlib.Path(a).resolve() == pathlib.Path(b).resolve()
+
+
+def describe(dataset: Dataset, cfg) -> dict:
+    """Facts about a loaded dataset and the file it came from, for
+    `check_data`: format, separator and encoding, rows per filter step,
+    users and items, sample rows, timestamps, duplicates, feature coverage.
+
+    Args:
+        dataset: what `load(cfg)` returned.
+        cfg: the `config.DataConfig` it was loaded with.
+    """
+    path = pathlib.Path(cfg.path)
+    fmt = _detect_format(path) if cfg.format == "auto" else cfg.format
+    x = dataset.interactions
+    raw = dataset.raw
+    facts = {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "format": fmt,
+        "encoding": cfg.encoding,
+        "header": cfg.header,
+        "steps": dict(dataset.steps),
+        "users": int(x.num_users),
+        "items": int(x.num_items),
+        "interactions": len(x),
+        "density": len(x) / max(x.num_users * x.num_items, 1),
+        "per_user": _spread(x.user_counts()),
+        "per_item": _spread(x.item_counts()),
+        "sample": raw.head(5).astype(str).to_dict("records"),
+        "duplicate_rows": int(raw.duplicated(["user", "item"]).sum()),
+        "ratings": None,
+        "weights": None,
+        "time": {
+            "column": cfg.timestamp_col,
+            "order_by_file": cfg.order_by_file,
+            "ordered": x.ordered,
+        },
+        "item_features": _coverage(dataset.item_features, cfg, "item"),
+        "user_features": _coverage(dataset.user_features, cfg, "user"),
+    }
+    if fmt not in ("parquet", "jsonl"):
+        facts["separator"] = (
+            cfg.sep or {"csv": ",", "tsv": "\t", "dat": "::"}[fmt]
+        )
+        facts["separator_detected"] = sniff_separator(path, cfg.encoding)
+    if "rating" in raw:
+        values = raw["rating"].to_numpy()
+        facts["ratings"] = {
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "distinct": int(len(np.unique(values))),
+            "integral": bool(np.all(np.mod(values, 1) == 0)),
+        }
+    if x.weighted:
+        facts["weights"] = {
+            "transform": cfg.weight_transform,
+            **_spread(x.weight),
+        }
+    if cfg.timestamp_col is not None and len(x):
+        first, last = int(x.ts.min()), int(x.ts.max())
+        facts["time"].update(
+            {
+                "first": first,
+                "last": last,
+                "first_date": _as_date(first),
+                "last_date": _as_date(last),
+            }
+        )
+    return facts
+
+
+def _spread(values) -> dict:
+    values = np.asarray(values)
+    if not len(values):
+        return {"min": 0, "median": 0, "max": 0}
+    return {
+        "min": runs.plain(values.min()),
+        "median": float(np.median(values)),
+        "max": runs.plain(values.max()),
+    }
+
+
+def _coverage(table, cfg, kind):
+    features = (
+        item_feature_config(cfg) if kind == "item" else (cfg.user_features)
+    )
+    configured = getattr(cfg, f"{kind}_features").path
+    if table is None:
+        return {
+            "path": None if configured is None else str(configured),
+            "used": False,
+        }
+    covered = int((~table.missing).sum())
+    return {
+        "path": str(features.path),
+        "used": True,
+        "columns": int(table.num_features),
+        "covered": covered,
+        "share": covered / max(len(table.missing), 1),
+    }
+
+
+def _as_date(seconds):
+    """A unix time in seconds (or milliseconds) as an ISO date."""
+    if abs(seconds) > 10**11:  # milliseconds
+        seconds //= 1000
+    try:
+        return pd.Timestamp(seconds, unit="s").date().isoformat()
+    except (OverflowError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -361,6 +577,13 @@ def split(
     if method not in SPLITS:
         raise ValueError(
             f"`split` must be one of {SPLITS}. Received: {method!r}"
+        )
+    if method != "random" and not interactions.ordered:
+        raise ValueError(
+            f"The `{method}` split orders each user's interactions by time, "
+            "but the data has no timestamps (`data.timestamp_col` is None): "
+            "set `data.timestamp_col`, use `data.split='random'`, or set "
+            "`data.order_by_file=True` if the file's rows are in time order."
         )
     for name, frac in (
         ("valid_fraction", valid_fraction),
@@ -526,11 +749,14 @@ class InteractionBatches(keras.utils.PyDataset):
         labels: optional `(len(interactions),)` float32 target per
             interaction (see `scaled_labels`, `graded_labels`); default 1.
         shuffle: bool.
+        use_weights: bool; with weighted interactions (count data) each
+            batch also returns their sample weights.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.
 
-    Returns per batch `(x, y)`: `x` a dict of arrays (`user`, `item`,
-    `history`, `user_features`, `item_features`, `neg_item`,
-    `neg_item_features`, `item_logq` as configured), `y` float32 labels.
+    Returns per batch `(x, y)` or, with weights, `(x, y, sample_weight)`:
+    `x` a dict of arrays (`user`, `item`, `history`, `user_features`,
+    `item_features`, `neg_item`, `neg_item_features`, `item_logq` as
+    configured), `y` float32 labels.
     """
 
     def __init__(
@@ -547,9 +773,15 @@ class InteractionBatches(keras.utils.PyDataset):
         item_logq=None,
         labels=None,
         shuffle=True,
+        use_weights=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.weights = (
+            interactions.weight
+            if use_weights and interactions.weighted
+            else None
+        )
         if batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be >= 1. Received: {batch_size}"
@@ -623,6 +855,8 @@ class InteractionBatches(keras.utils.PyDataset):
             label = self.labels[rows]
         else:
             label = np.ones(len(rows), np.float32)
+        if self.weights is not None:
+            return batch, np.asarray(label, np.float32), self.weights[rows]
         return batch, np.asarray(label, np.float32)
 
     def _epoch_order(self):
@@ -668,6 +902,70 @@ def graded_labels(value, like=None, dislike=None) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
+
+
+SEPARATORS = ("\t", ",", ";", "|", "::", " ")
+_SEPARATOR_NAMES = {"\t": "tab", " ": "space", "::": "'::'"}
+
+
+def sniff_separator(path, encoding="utf-8", lines=20):
+    """The separator that splits the first `lines` lines of a text file
+    into the same number (> 1) of fields, preferring the most fields; None
+    when none does."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).decode(encoding, errors="replace")
+    rows = [r for r in head.splitlines()[:lines] if r.strip()]
+    if len(head) == 1 << 16 and len(rows) > 1:
+        rows = rows[:-1]  # the last line may be cut
+    best, best_fields = None, 1
+    for sep in SEPARATORS:
+        counts = {len(r.split(sep)) for r in rows}
+        if len(counts) == 1 and (fields := counts.pop()) > best_fields:
+            best, best_fields = sep, fields
+    return best
+
+
+def separator_hint(path, fmt, sep, encoding="utf-8", setting="data"):
+    """ " The file looks tab-separated: ..." when the file's lines split
+    evenly on another separator than the one used, else ""."""
+    if fmt in ("parquet", "jsonl"):
+        return ""
+    used = sep or {"csv": ",", "tsv": "\t", "dat": "::"}[fmt]
+    try:
+        found = sniff_separator(path, encoding)
+    except OSError:
+        return ""
+    if found is None or found == used:
+        return ""
+    name = _SEPARATOR_NAMES.get(found, repr(found))
+    return (
+        f" The file looks {name}-separated, not "
+        f"{_SEPARATOR_NAMES.get(used, repr(used))}-separated: set "
+        f"`{setting}.sep={found!r}`"
+        + (f" (or `{setting}.format='tsv'`)" if found == "\t" else "")
+        + "."
+    )
+
+
+def looks_headerless(frame) -> bool:
+    """The column names read from the first row look like data (numbers),
+    so the file probably has no header row."""
+    names = [str(c) for c in frame.columns]
+    numeric = pd.to_numeric(pd.Series(names), errors="coerce").notna()
+    return bool(len(names) and numeric.mean() >= 0.5)
+
+
+def _encoding_error(path, encoding, error, setting):
+    where = ""
+    if isinstance(error, UnicodeDecodeError):
+        where = (
+            f" (byte {error.object[error.start]:#04x} at position "
+            f"{error.start} of a value)"
+        )
+    return ValueError(
+        f"{path} is not {encoding} text{where}: set `{setting}.encoding` to "
+        "the file's encoding, e.g. 'latin-1' (ISO-8859-1) or 'cp1252'."
+    )
 
 
 def _detect_format(path: pathlib.Path) -> str:
@@ -716,12 +1014,22 @@ def _standardise(frame, cfg, path) -> pd.DataFrame:
         wanted["rating"] = cfg.rating_col
     if cfg.timestamp_col is not None:
         wanted["timestamp"] = cfg.timestamp_col
+    if cfg.weight_col is not None:
+        wanted["weight"] = cfg.weight_col
     present = [str(c) for c in frame.columns]
+    fmt = _detect_format(path) if cfg.format == "auto" else cfg.format
     for role, col in wanted.items():
         if col not in frame.columns:
+            hint = separator_hint(path, fmt, cfg.sep, cfg.encoding)
+            if cfg.header and looks_headerless(frame):
+                hint += (
+                    " The first row looks like data, not column names: "
+                    "set `data.header=False` and name the columns with "
+                    "`data.column_names=(...)`."
+                )
             raise ValueError(
                 f"{path}: column `{col}` (data.{role}_col) not found. "
-                f"Columns in the file: {present}."
+                f"Columns in the file: {present}.{hint}"
             )
     out = pd.DataFrame(
         {role: frame[col].to_numpy() for role, col in wanted.items()}
@@ -734,16 +1042,30 @@ def _standardise(frame, cfg, path) -> pd.DataFrame:
             missing = missing | blank.to_numpy()
         if missing.any():
             row = int(np.flatnonzero(missing)[0])
+            article = "an" if role == "item" else "a"
             raise ValueError(
                 f"{path}: column `{wanted[role]}` is empty at data row "
                 f"{row + 1} (line {row + first_line}); every interaction "
-                f"needs a {role} id. {int(missing.sum())} rows are empty."
+                f"needs {article} {role} id. {int(missing.sum())} rows are "
+                "empty." + separator_hint(path, fmt, cfg.sep, cfg.encoding)
             )
         out[role] = _numeric_ids(out[role])
     if "rating" in out:
         out["rating"] = _to_float(
             out["rating"], path, wanted["rating"], first_line
         )
+    if "weight" in out:
+        out["weight"] = _to_float(
+            out["weight"], path, wanted["weight"], first_line
+        )
+        negative = out["weight"].to_numpy() < 0
+        if negative.any():
+            row = int(np.flatnonzero(negative)[0])
+            raise ValueError(
+                f"{path}: column `{wanted['weight']}` (data.weight_col) "
+                f"must hold counts >= 0; data row {row + 1} (line "
+                f"{row + first_line}) holds {out['weight'].iloc[row]:g}."
+            )
     if "timestamp" in out:
         out["timestamp"] = _to_timestamp(
             out["timestamp"], path, wanted["timestamp"], first_line
@@ -778,10 +1100,13 @@ def _to_float(
         bad = bad & col.notna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        cell = col.iloc[row]
+        empty = pd.isna(cell) or not str(cell).strip()
+        holds = "is empty" if empty else f"holds {runs.plain(cell)!r}"
         raise ValueError(
             f"{path}: column `{name}` must be numeric; data row {row + 1} "
-            f"(line {row + first_line}) holds {col.iloc[row]!r}. "
-            f"{int(bad.sum())} rows are not numbers."
+            f"(line {row + first_line}) {holds}. {int(bad.sum())} rows "
+            "are empty or not numbers."
         )
     return values.astype(np.float32)
 
@@ -814,7 +1139,18 @@ def _to_timestamp(col: pd.Series, path, name: str, first_line: int):
         raise ValueError(
             f"{path}: column `{name}` must hold unix times or dates; data "
             f"row {row + 1} (line {row + first_line}) holds "
-            f"{col.iloc[row]!r}."
+            f"{runs.plain(col.iloc[row])!r}."
+        )
+    # Numbers past int64 (or infinite) would wrap to the oldest time.
+    as_float = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    out_of_range = ~np.isfinite(as_float) | (np.abs(as_float) >= 2.0**63)
+    if out_of_range.any():
+        row = int(np.flatnonzero(out_of_range)[0])
+        raise ValueError(
+            f"{path}: column `{name}` holds a time out of range at data row "
+            f"{row + 1} (line {row + first_line}): "
+            f"{runs.plain(col.iloc[row])!r}; unix times must fit in 64 bits "
+            "(seconds, or milliseconds since 1970)."
         )
     return values.to_numpy().astype(np.int64)
 
@@ -968,9 +1304,24 @@ def _ceil_fraction(n, fraction: float):
 def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
     if cfg.path is None:
         return None
+    try:
+        return _feature_table(cfg, ids, kind)
+    except UnicodeError as e:  # pyarrow decodes text lazily
+        raise _encoding_error(
+            cfg.path, cfg.encoding, e, f"data.{kind}_features"
+        ) from None
+
+
+def _feature_table(cfg, ids, kind):
     path = pathlib.Path(cfg.path)
     frame = read_table(
-        path, cfg.format, cfg.sep, cfg.header, cfg.column_names, cfg.encoding
+        path,
+        cfg.format,
+        cfg.sep,
+        cfg.header,
+        cfg.column_names,
+        cfg.encoding,
+        setting=f"data.{kind}_features",
     )
     columns = (
         [cfg.id_col]
@@ -1032,6 +1383,18 @@ def _load_features(cfg, ids: np.ndarray, kind: str) -> FeatureTable | None:
         blocks.append(block)
         names += [f"{col}#{b}" for b in range(cfg.text_buckets)]
         stats[col] = {"type": "text", "buckets": cfg.text_buckets}
+    covered = 1.0 - missing.mean() if n else 1.0
+    if covered < cfg.min_coverage:
+        raise ValueError(
+            f"{path}: the {kind} feature file has rows for only "
+            f"{n - int(missing.sum())} of the {n} {kind}s ({covered:.0%}; "
+            f"`data.{kind}_features.min_coverage` is "
+            f"{cfg.min_coverage:.0%}). Its id column "
+            f"`{cfg.id_col}` does not match the {kind} ids of the data "
+            f"(e.g. {runs.plain(ids[0])!r}): fix "
+            f"`data.{kind}_features.id_col`, or set "
+            f"`data.{kind}_features.path=None`."
+        )
     blocks.append(missing[:, None].astype(np.float32))
     names.append("_missing_row")
     values = np.concatenate(blocks, axis=1).astype(np.float32)

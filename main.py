@@ -24,9 +24,15 @@ os.environ.setdefault(
 )
 # TensorFlow's C++ start-up INFO lines (oneDNN, CUDA probing) are noise here.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ["KERAS_BACKEND"] == "tensorflow":
+    from runtime import quiet  # noqa: E402  (imports neither TF nor Keras)
+
+    quiet.import_tensorflow()
+
+# The action modules import Keras: only now that the backend is chosen.
 
 import recommenders  # noqa: E402
-import train  # noqa: E402  (after the backend is chosen)
+import train  # noqa: E402
 from content import actions as content_actions  # noqa: E402
 from content.personas import actions as persona_actions  # noqa: E402
 from diffusion import actions as diffusion_actions  # noqa: E402
@@ -34,6 +40,10 @@ from eval import actions as eval_actions  # noqa: E402
 from runtime import seeding  # noqa: E402
 from runtime import startup  # noqa: E402
 from serving import actions as serving_actions  # noqa: E402
+
+# Failures with a message meant for the user (bad data or config, a missing
+# or damaged file, a full disk): one line, no traceback unless --debug.
+KNOWN_FAILURES = (ValueError, OSError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,10 @@ class Action:
 
 
 ACTIONS = {
+    "check_data": Action(
+        train.check_data,
+        "read the data as configured and report facts and warnings",
+    ),
     "exploratory_data_analysis": Action(
         train.exploratory_data_analysis, "figures + JSON summary of the data"
     ),
@@ -209,6 +223,11 @@ def parse_args(argv):
         help="starting configuration before overrides",
     )
     parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of one line",
+    )
     owners = {}
     for name, action in ACTIONS.items():
         for flag, kwargs in action.options:
@@ -248,6 +267,8 @@ def main(argv=None):
         )
         recommenders.check_names(cfg)
     except ValueError as e:
+        if args.debug:
+            raise
         raise SystemExit(f"error: {e}") from None
     startup.prepare()
     seeding.set_seed(cfg.seed)
@@ -259,7 +280,9 @@ def main(argv=None):
     )
     try:
         ACTIONS[args.action].run(cfg, **args.options)
-    except (FileNotFoundError, ValueError) as e:
+    except KNOWN_FAILURES as e:
+        if args.debug:
+            raise
         raise SystemExit(f"error: {e}") from None
 
 

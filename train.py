@@ -11,6 +11,7 @@ family it runs. Library code never imports this module.
 import dataclasses
 import json
 import logging
+import pathlib
 import time
 
 import keras
@@ -29,6 +30,49 @@ from runtime import tracking
 from serving import retrieval
 
 logger = logging.getLogger(__name__)
+
+
+MIN_EVAL_USERS = 20  # fewer users with test items: metrics are noise
+
+
+def check_data(cfg):
+    """Read the data exactly as the config says and report, without
+    training: the file (format, separator, encoding), rows kept by each
+    filter step, users and items, sample rows, timestamps, duplicates,
+    feature-file coverage, the split, the memory each model family would
+    need, and a warning for every risky combination. Writes
+    `<run>/check_data.json`; an error in the data stops with its message
+    (exit code 1)."""
+    dataset = data.load(cfg.data)
+    report = data.describe(dataset, cfg.data)
+    train, valid, test = data.split(
+        dataset.interactions,
+        cfg.data.split,
+        cfg.data.valid_fraction,
+        cfg.data.test_fraction,
+        seed=cfg.seed,
+    )
+    report["split"] = {
+        "method": cfg.data.split,
+        "train": len(train),
+        "valid": len(valid),
+        "test": len(test),
+        "test_users": int(len(np.unique(test.user))),
+    }
+    x = dataset.interactions
+    report["memory_gib"] = {
+        name: round(
+            recommenders.get(name).memory(cfg, x.num_users, x.num_items, len(x))
+            / 2**30,
+            3,
+        )
+        for name in recommenders.names()
+        if recommenders.get(name).memory is not None
+    }
+    report["warnings"] = _data_warnings(cfg, report)
+    print(_format_check(report))
+    runs.write_json(cfg.run_dir / "check_data.json", report)
+    return report
 
 
 def exploratory_data_analysis(cfg):
@@ -54,6 +98,7 @@ def train_validation_model(cfg):
         cfg.data.test_fraction,
         seed=cfg.seed,
     )
+    warnings = _evaluation_warnings(test)
     out = cfg.run_dir / "validation"
     with runs.staging_dir(out) as stage:
         runs.write_run_info(cfg, stage, dataset)
@@ -78,6 +123,8 @@ def train_validation_model(cfg):
             )
         models[cfg.model.name].save(stage / "model")
         report = {
+            "model": cfg.model.name,
+            "warnings": warnings,
             "protocol": "valid: fit on train, mask train; test: refit on "
             "train+valid with the chosen epochs, mask train+valid",
             "split": {
@@ -98,7 +145,7 @@ def train_validation_model(cfg):
         table = reports.format_table(results, cfg.eval.ks)
         reports.write_report(stage, report, table)
     print(table)
-    for line in report.get("significance", []):
+    for line in report.get("significance", []) + warnings:
         print(line)
     logger.info("wrote %s", out)
     return report
@@ -109,22 +156,9 @@ def train_production_model(cfg):
     """Fit on every interaction with the epoch count the validation run
     chose, and save the model for `compute_predictions`."""
     dataset = data.load(cfg.data)
-    metrics_path = cfg.run_dir / "validation" / "metrics.json"
     epochs = None
     if recommenders.get(cfg.model.name).kind == "keras":
-        if not metrics_path.exists():
-            raise FileNotFoundError(
-                f"{metrics_path} not found: run `python main.py "
-                "train_validation_model` first; the production model reuses "
-                "the epoch count it selects."
-            )
-        report = json.loads(metrics_path.read_text())
-        epochs = report["models"][cfg.model.name].get("best_epoch")
-        if not epochs:
-            raise ValueError(
-                f"{metrics_path} has no best epoch for {cfg.model.name!r}; "
-                "rerun train_validation_model with this model."
-            )
+        epochs = _selected_epochs(cfg)
     out = cfg.run_dir / "production"
     with runs.staging_dir(out) as stage:
         runs.write_run_info(cfg, stage, dataset)
@@ -165,7 +199,9 @@ def compute_predictions(cfg):
             "train_production_model` first."
         )
     encoders_path = cfg.run_dir / "production" / runs.ENCODERS_FILE
-    encoders = json.loads(encoders_path.read_text())
+    encoders = runs.read_json(
+        encoders_path, "python main.py train_production_model"
+    )
     user_ids = np.asarray(encoders["user_ids"])
     item_ids = np.asarray(encoders["item_ids"])
     dataset = data.load(cfg.data)
@@ -178,7 +214,7 @@ def compute_predictions(cfg):
             f"model's id maps ({encoders_path}): retrain with "
             "train_production_model."
         )
-    rec = recommenders.load(model_dir)
+    rec = recommenders.load(model_dir, "python main.py train_production_model")
     start = time.perf_counter()
     items, scores, _ = retrieval.recommend(
         rec,
@@ -224,7 +260,7 @@ def smoke(cfg):
     installation checks."""
     cfg = config_lib.override(
         config_lib.tiny(cfg),
-        [f"output.run_name={cfg.output.run_name + '-smoke'!r}"],
+        [f"output.run_name={cfg.run_dir.name + '-smoke'!r}"],
     )
     train_validation_model(cfg)
     train_production_model(cfg)
@@ -245,6 +281,165 @@ def evaluate_split(recommender, truth, exclude, cfg, item_popularity=None):
         ),
         item_popularity=item_popularity,
     )
+
+
+def _selected_epochs(cfg):
+    """The epoch count `train_validation_model` selected for this model in
+    this run folder."""
+    metrics_path = cfg.run_dir / "validation" / "metrics.json"
+    report = runs.read_json(
+        metrics_path,
+        "python main.py train_validation_model"
+        + (
+            f" --set model.name={cfg.model.name}"
+            if cfg.model.name != "two_tower"
+            else ""
+        ),
+    )
+    trained = report.get("model", next(iter(report.get("models", {})), None))
+    if trained != cfg.model.name:
+        raise ValueError(
+            f"{metrics_path} holds a validation run of {trained!r}, not "
+            f"{cfg.model.name!r}: run `python main.py train_validation_model "
+            f"--set model.name={cfg.model.name}` first, or train the "
+            f"production model of {trained!r} with `--set "
+            f"model.name={trained}`."
+        )
+    epochs = report["models"][cfg.model.name].get("best_epoch")
+    if not epochs:
+        raise ValueError(
+            f"{metrics_path} has no best epoch for {cfg.model.name!r}; "
+            "rerun train_validation_model with this model."
+        )
+    return epochs
+
+
+def _data_warnings(cfg, report):
+    """Every risky combination `check_data` can see, as sentences."""
+    out = []
+    d = cfg.data
+    found, used = report.get("separator_detected"), report.get("separator")
+    if found and used and found != used:
+        out.append(
+            f"the file looks {found!r}-separated but is read with "
+            f"{used!r}: check `data.sep` / `data.format`."
+        )
+    time = report["time"]
+    if time["column"] is None:
+        out.append(
+            "no timestamps: "
+            + (
+                "file order is used as time (`data.order_by_file=True`)."
+                if d.order_by_file
+                else "only `data.split='random'` is possible; a user's test "
+                "items are a random sample of their items."
+            )
+        )
+    ratings = report["ratings"]
+    if (
+        ratings
+        and d.weight_col is None
+        and ratings["integral"]
+        and ratings["max"] > 10
+    ):
+        out.append(
+            f"`data.rating_col` ({d.rating_col}) holds integers up to "
+            f"{ratings['max']:g}: if they are counts (plays, clicks), set "
+            "`data.weight_col` to it (and `data.rating_col=None`) so they "
+            "become sample weights instead of ratings."
+        )
+    if report["duplicate_rows"]:
+        out.append(
+            f"{report['duplicate_rows']} repeated (user, item) rows are "
+            f"resolved by `data.duplicates={d.duplicates!r}`."
+        )
+    items = report["item_features"]
+    if items["path"] and not items["used"]:
+        out.append(
+            f"item features {pathlib.Path(items['path']).name} are not "
+            "used: the shipped MovieLens features join only onto the "
+            "shipped MovieLens ratings."
+        )
+    elif items["used"] and items["share"] < 0.9:
+        out.append(
+            f"the item feature file covers {items['share']:.0%} of the "
+            "items; the rest get an all-missing feature row."
+        )
+    if report["users"] < 2:
+        out.append("one user only: every ranking metric is trivial.")
+    if report["split"]["test_users"] < MIN_EVAL_USERS:
+        out.append(
+            f"only {report['split']['test_users']} users have test "
+            "interactions: metrics over so few users are not meaningful."
+        )
+    heavy = {
+        name: gib
+        for name, gib in report["memory_gib"].items()
+        if gib > cfg.eval.memory_warning_gb
+    }
+    if heavy:
+        out.append(
+            "models estimated above `eval.memory_warning_gb` "
+            f"({cfg.eval.memory_warning_gb:g} GiB): "
+            + ", ".join(f"{n} {g:.1f} GiB" for n, g in heavy.items())
+        )
+    return out
+
+
+def _format_check(report):
+    steps = " -> ".join(f"{k} {v:,}" for k, v in report["steps"].items())
+    time = report["time"]
+    lines = [
+        f"file: {report['file']} ({report['bytes']:,} bytes, "
+        f"{report['format']}, encoding {report['encoding']}, "
+        f"header {report['header']})",
+    ]
+    if "separator" in report:
+        lines.append(
+            f"separator: {report['separator']!r} (detected: "
+            f"{report['separator_detected']!r})"
+        )
+    lines += [
+        f"rows: {steps}",
+        f"users {report['users']:,}, items {report['items']:,}, "
+        f"interactions {report['interactions']:,} (density "
+        f"{report['density']:.5f}); per user {report['per_user']}, per "
+        f"item {report['per_item']}",
+        "time: "
+        + (
+            f"`{time['column']}` from {time.get('first_date')} to "
+            f"{time.get('last_date')}"
+            if time["column"]
+            else "no timestamp column"
+            + (" (file order)" if time["order_by_file"] else "")
+        ),
+        f"duplicate (user, item) rows: {report['duplicate_rows']:,}",
+        f"ratings: {report['ratings']}",
+        f"weights: {report['weights']}",
+        f"item features: {report['item_features']}",
+        f"user features: {report['user_features']}",
+        f"split: {report['split']}",
+        "memory estimates (GiB): "
+        + ", ".join(f"{k} {v:g}" for k, v in report["memory_gib"].items()),
+        "sample rows:",
+        *(f"  {row}" for row in report["sample"]),
+    ]
+    lines += [f"warning: {w}" for w in report["warnings"]] or ["no warnings"]
+    return "\n".join(lines)
+
+
+def _evaluation_warnings(test):
+    """Sentences about test sets too small for the metrics to mean much."""
+    users = len(np.unique(test.user))
+    if users >= MIN_EVAL_USERS:
+        return []
+    message = (
+        f"warning: only {users} user(s) have test interactions; metrics "
+        f"over fewer than {MIN_EVAL_USERS} users are not meaningful (see "
+        "the confidence intervals)."
+    )
+    logger.warning("%s", message)
+    return [message]
 
 
 def _validate_and_test(cfg, dataset, train, valid, test, stage):

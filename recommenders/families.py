@@ -151,6 +151,28 @@ def keras_recommender(cfg, spec, item_features=None, user_features=None):
     )
 
 
+def _keras_memory(spec):
+    """A rough fitting peak of a `KerasRecommender` of `spec`: weights and
+    two Adam moments, one batch's logits, the history table, the data."""
+
+    def memory(cfg, num_users, num_items, nnz):
+        mc, tc = cfg.model, cfg.train
+        if spec.scoring == "dot":
+            users = num_users if mc.use_user_id else 0
+            params = (2 * num_items + users) * mc.id_embedding_dim
+            activations = 16 * tc.batch_size**2
+            history = 4 * num_users * mc.history_length
+        else:
+            params = (num_users + num_items) * (
+                mc.gmf_dim + mc.id_embedding_dim
+            )
+            activations = 256 * tc.batch_size * (1 + tc.num_negatives)
+            history = 0
+        return 12 * params + activations + history + 16 * nnz
+
+    return memory
+
+
 def register_keras(spec, summary, pointwise=False):
     """Register a `KerasRecommender` family: built from `cfg.model` and the
     dataset's feature tables, loaded back by `spec.name`."""
@@ -173,6 +195,7 @@ def register_keras(spec, summary, pointwise=False):
             summary=summary,
             default_loss=spec.default_loss,
             pointwise=pointwise,
+            memory=_keras_memory(spec),
         )
     )
 
@@ -312,10 +335,19 @@ register_loader(
 # ---------------------------------------------------------------------------
 
 
+def _baseline_memory(cls):
+    def memory(cfg, num_users, num_items, nnz):
+        return cls.memory_bytes(num_users, num_items, nnz)
+
+    return memory
+
+
 def _build_baseline(name):
     def build(cfg, dataset):
         del dataset  # baselines read only the interactions given to fit
-        return baselines.make_baseline(name, **cfg.model.baseline_params)
+        model = baselines.make_baseline(name, **cfg.model.baseline_params)
+        model.memory_warning_bytes = cfg.eval.memory_warning_gb * 2**30
+        return model
 
     return build
 
@@ -328,6 +360,7 @@ for _name, _cls in baselines.BASELINES.items():
             build=_build_baseline(_name),
             section="model.baseline_params",
             summary=(_cls.__doc__ or _name).strip().splitlines()[0],
+            memory=_baseline_memory(_cls),
         )
     )
 register_loader("baseline", baselines.Baseline.load)

@@ -321,8 +321,12 @@ class KerasRecommender:
         torch cannot be restored on JAX/TF, and prediction needs none
         (fit() compiles afresh)."""
         path = pathlib.Path(path)
-        info = json.loads((path / "recommender.json").read_text())
-        with np.load(path / "tables.npz") as npz:
+        with runs.reading(path / "recommender.json"):
+            info = json.loads((path / "recommender.json").read_text())
+        with (
+            runs.reading(path / "tables.npz"),
+            np.load(path / "tables.npz") as npz,
+        ):
             tables = {name: npz[name] for name in npz.files}
         content = None
         if "item_layout" in info:
@@ -346,7 +350,10 @@ class KerasRecommender:
             if "multimodal" in info
             else None,
         )
-        rec.model = keras.saving.load_model(path / "model.keras", compile=False)
+        with runs.reading(path / "model.keras"):
+            rec.model = keras.saving.load_model(
+                path / "model.keras", compile=False
+            )
         for name, table in tables.items():
             setattr(rec, name, table)
         rec.best_epoch = info["best_epoch"]

@@ -24,6 +24,7 @@ from models.persona import aggregate_scores
 from models.persona import hash_tokens
 from models.persona import previous_rows
 from models.persona import recency_weights
+from runtime import runs
 
 logger = logging.getLogger(__name__)
 
@@ -574,15 +575,22 @@ class PersonaReranker:
                 `recommenders.load`.
         """
         path = pathlib.Path(path)
-        info = json.loads((path / "recommender.json").read_text())
+        with runs.reading(path / "recommender.json"):
+            info = json.loads((path / "recommender.json").read_text())
         if info.get("kind") != "persona":
             raise ValueError(
                 f"{path / 'recommender.json'} does not hold a persona "
                 f"reranker. Received kind: {info.get('kind')!r}"
             )
         rec = cls(load_first_stage(path / "first_stage"), **info["params"])
-        rec.model = keras.saving.load_model(path / "model.keras", compile=False)
-        with np.load(path / "arrays.npz") as z:
+        with runs.reading(path / "model.keras"):
+            rec.model = keras.saving.load_model(
+                path / "model.keras", compile=False
+            )
+        with (
+            runs.reading(path / "arrays.npz"),
+            np.load(path / "arrays.npz") as z,
+        ):
             arrays = {k: z[k] for k in z.files}
         shape = tuple(int(s) for s in arrays["history_shape"])
         indices = arrays["history_indices"]

@@ -12,13 +12,14 @@ benchmark rely on; nothing outside this package asks which family it has.
 """
 
 import dataclasses
-import json
 import pathlib
 from typing import Callable
 from typing import Protocol
 from typing import runtime_checkable
 
 import numpy as np
+
+from runtime import runs
 
 KINDS = ("keras", "baseline", "reranker")
 INFO_FILE = "recommender.json"  # written by Keras families and rerankers
@@ -72,6 +73,8 @@ class Family:
         default_loss: the loss `model.loss="auto"` means (Keras families).
         pointwise: its scores are calibrated logits of single (user, item)
             pairs, so the validation run also evaluates it as a scorer.
+        memory: optional `(cfg, num_users, num_items, nnz) -> bytes`, a
+            rough peak of fitting it (shown by `check_data`).
     """
 
     name: str
@@ -81,6 +84,7 @@ class Family:
     summary: str
     default_loss: str | None = None
     pointwise: bool = False
+    memory: Callable | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -157,17 +161,33 @@ def build(cfg, dataset):
     return get(cfg.model.name).build(cfg, dataset)
 
 
-def load(path):
+def load(path, rebuild="python main.py train_production_model"):
     """Load whatever a recommender's `save()` wrote into the folder
-    `path`."""
+    `path`.
+
+    Args:
+        rebuild: the command that writes the folder, named in errors.
+
+    Raises:
+        FileNotFoundError: no saved model there.
+        runs.ArtifactError: a file of it is damaged or incomplete (one line
+            naming the file and `rebuild`).
+    """
     path = pathlib.Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"No saved model in {path}: run `{rebuild}` first."
+        )
     info_path = path / INFO_FILE
     kind = "baseline"
     if info_path.is_file():
-        kind = json.loads(info_path.read_text()).get("kind", "baseline")
+        kind = runs.read_json(info_path, rebuild).get("kind", "baseline")
     if kind not in _LOADERS:
         raise ValueError(
             f"{info_path}: unknown recommender kind {kind!r}; known: "
             f"{sorted(_LOADERS)}."
         )
-    return _LOADERS[kind](path)
+    try:
+        return _LOADERS[kind](path)
+    except runs.ArtifactError as e:
+        raise runs.ArtifactError(f"{e} Rebuild it with `{rebuild}`.") from None

@@ -244,7 +244,7 @@ class ProcessShard(keras.utils.PyDataset):
         self.batches.on_epoch_end()
 
     def __getitem__(self, idx):
-        x, y = self.batches[idx]
+        x, y, *weight = self.batches[idx]
         size = len(y)
         if size % self.num_processes:
             raise ValueError(
@@ -253,4 +253,6 @@ class ProcessShard(keras.utils.PyDataset):
             )
         part = size // self.num_processes
         rows = slice(self.process_id * part, (self.process_id + 1) * part)
-        return {k: v[rows] for k, v in x.items()}, y[rows]
+        return ({k: v[rows] for k, v in x.items()}, y[rows]) + tuple(
+            w[rows] for w in weight
+        )

@@ -21,6 +21,7 @@ import pathlib
 import re
 import shutil
 import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -103,6 +104,54 @@ def write_run_info(cfg, folder, dataset=None):
         atomic_write_text(
             folder / ENCODERS_FILE, json.dumps(dataset.encoders())
         )
+
+
+class ArtifactError(ValueError):
+    """A file a run wrote is missing its content, damaged or unreadable;
+    the message names the file and the command that rebuilds it."""
+
+
+def read_json(path, rebuild):
+    """The JSON in `path`.
+
+    Args:
+        rebuild: the command that writes the file, named in errors (e.g.
+            "python main.py train_production_model").
+
+    Raises:
+        FileNotFoundError: no file there.
+        ArtifactError: the file is not valid JSON (truncated, damaged).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `{rebuild}` first.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(
+            f"{path} is damaged ({e}): rebuild it with `{rebuild}`."
+        ) from None
+
+
+@contextlib.contextmanager
+def reading(path):
+    """Turn any failure to read the artefact `path` inside the block into
+    one `ArtifactError` naming it (a missing file included)."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        what = (
+            "missing"
+            if isinstance(e, FileNotFoundError)
+            else ("damaged or unreadable")
+        )
+        detail = str(e).strip().splitlines()
+        raise ArtifactError(
+            f"{path} is {what} ({type(e).__name__}: "
+            f"{(detail[0] if detail else '')[:200]})."
+        ) from None
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -157,7 +157,7 @@ def run(cfg, stage: str):
     mlflow.set_tracking_uri(cfg.track.tracking_uri)
     mlflow.set_experiment(cfg.track.experiment)
     with mlflow.start_run(
-        run_name=f"{cfg.output.run_name}/{stage}",
+        run_name=f"{cfg.run_dir.name}/{stage}",
         nested=mlflow.active_run() is not None,
     ) as active:
         tracker = Tracker(mlflow, active.info.run_id, cfg.model.name)

@@ -14,14 +14,25 @@ GET  /health, GET /version
 
 The logic behind the routes is `serving/service.py`. Errors are JSON
 `{"detail": ...}`: 404 for an unknown user or item id, 422 for a malformed
-request (k out of range, wrong types, bad body), 500 without internals for
-anything unexpected (logged with its traceback).
+request (k out of range, wrong types, a body that is not JSON or holds NaN
+or Infinity), 413 for a body over `serve.max_body_bytes`, 401 without the
+API key when one is set (`serve.api_key` or `$RECSYS_API_KEY`), 429 over
+the per-client rate limit (`serve.rate_limit`), and 500 without internals
+for anything unexpected (logged with its traceback). An error never echoes
+more than a short prefix of the request.
 """
 
+import hmac
+import json
 import logging
+import math
+import os
+import threading
+import time
 
 import fastapi
 import pydantic
+from fastapi import exceptions
 from fastapi import responses
 
 import config as config_lib
@@ -29,8 +40,13 @@ from serving.service import API_VERSION
 from serving.service import UnknownIdError
 from serving.service import config_from_run
 from serving.service import load_service
+from serving.service import shorten
 
 logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "RECSYS_API_KEY"
+API_KEY_HEADER = "x-api-key"
+OPEN_PATHS = ("/health",)  # answered without the API key
 
 
 class ScoredItem(pydantic.BaseModel):
@@ -136,12 +152,28 @@ def build_app(service, serve_cfg) -> fastapi.FastAPI:
         description=__doc__.split("\n\n")[0],
     )
     app.state.service = service
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=serve_cfg.max_body_bytes,
+        api_key=serve_cfg.api_key or os.environ.get(API_KEY_ENV) or None,
+        rate_limit=serve_cfg.rate_limit,
+        rate_burst=serve_cfg.rate_burst,
+    )
     not_found = {404: {"model": Error, "description": "unknown id"}}
     k_query = fastapi.Query(10, ge=1, le=max_k, description="list length")
 
     @app.exception_handler(UnknownIdError)
     async def _unknown(request, exc):
         return responses.JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(exceptions.RequestValidationError)
+    async def _invalid(request, exc):
+        # FastAPI's own body repeats the whole input, which may be huge or
+        # hold values JSON cannot encode (NaN): a short, safe summary.
+        return responses.JSONResponse(
+            {"detail": [_validation_error(e) for e in exc.errors()[:10]]},
+            status_code=422,
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request, exc):
@@ -227,3 +259,166 @@ def build_app(service, serve_cfg) -> fastapi.FastAPI:
         }
 
     return app
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route: the body size limit, JSON
+    that is valid and finite, the API key and a per-client rate limit.
+
+    Args:
+        app: the ASGI app it guards.
+        max_body_bytes: larger bodies get 413 (read no further).
+        api_key: required in the `X-API-Key` header (401 without it), or
+            None for no authentication.
+        rate_limit: requests per second each client (its IP address) may
+            send on average; 0 = no limit. Over it: 429 with Retry-After.
+        rate_burst: requests a client may send at once.
+    """
+
+    def __init__(
+        self,
+        app,
+        max_body_bytes=1_000_000,
+        api_key=None,
+        rate_limit=0.0,
+        rate_burst=20,
+    ):
+        self.app = app
+        self.max_body_bytes = int(max_body_bytes)
+        self.api_key = api_key
+        self.rate_limit = float(rate_limit)
+        self.rate_burst = int(rate_burst)
+        self._buckets = {}  # client -> (tokens, last time)
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {
+            k.decode().lower(): v.decode(errors="replace")
+            for k, v in scope.get("headers", [])
+        }
+        if self.api_key and scope["path"] not in OPEN_PATHS:
+            given = headers.get(API_KEY_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                return await _reply(
+                    send,
+                    401,
+                    f"missing or wrong API key (header {API_KEY_HEADER})",
+                )
+        if self.rate_limit > 0:
+            wait = self._take((scope.get("client") or ("?",))[0])
+            if wait > 0:
+                return await _reply(
+                    send,
+                    429,
+                    "too many requests: slow down",
+                    {"retry-after": str(max(1, math.ceil(wait)))},
+                )
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await _reply(send, 413, self._too_large())
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                return await _reply(send, 413, self._too_large())
+        if "json" in headers.get("content-type", "json"):
+            problem = _json_problem(bytes(body))
+            if problem:
+                # The shape of FastAPI's own 422 answers (and the schema).
+                detail = [
+                    {"loc": ["body"], "msg": problem, "type": "json_invalid"}
+                ]
+                return await _reply(send, 422, detail)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {
+                "type": "http.request",
+                "body": bytes(body),
+                "more_body": False,
+            }
+
+        return await self.app(scope, replay, send)
+
+    def _too_large(self):
+        return (
+            f"request body over {self.max_body_bytes} bytes "
+            "(serve.max_body_bytes)"
+        )
+
+    def _take(self, client):
+        """Seconds to wait before `client` may send again (0 = now)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.rate_burst, now))
+            tokens = min(
+                self.rate_burst, tokens + (now - last) * self.rate_limit
+            )
+            if tokens >= 1:
+                self._buckets[client] = (tokens - 1, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate_limit
+
+
+def _json_problem(body):
+    """Why `body` is no acceptable JSON (invalid, or a NaN / Infinity /
+    overflowing number anywhere), or None."""
+    if not body.strip():
+        return None
+
+    def constant(name):
+        raise ValueError(f"non-finite number {name}")
+
+    def number(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number out of range {shorten(text, 24)}")
+        return value
+
+    try:
+        json.loads(body, parse_constant=constant, parse_float=number)
+    except UnicodeDecodeError:
+        return "request body is not UTF-8 text"
+    except ValueError as e:
+        return f"request body is not valid JSON: {shorten(e)}"
+    return None
+
+
+def _validation_error(error):
+    """One pydantic error without its full input: location, message, type
+    and a short prefix of the offending value."""
+    out = {
+        "loc": [shorten(part, 32) for part in error.get("loc", ())],
+        "msg": shorten(error.get("msg", ""), 200),
+        "type": error.get("type", ""),
+    }
+    if "input" in error:
+        out["input"] = shorten(repr(error["input"]))
+    return out
+
+
+async def _reply(send, status, detail, headers=None):
+    payload = json.dumps({"detail": detail}).encode()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": raw}
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -30,7 +30,6 @@ reranker needs a known user.
 
 import dataclasses
 import hashlib
-import json
 import logging
 import pathlib
 import threading
@@ -49,12 +48,23 @@ from serving import retrieval
 logger = logging.getLogger(__name__)
 
 API_VERSION = "1"
+REBUILD = "python main.py train_production_model"  # writes what is served
 FOLD_IN_METHODS = (
     "history",
     "least_squares",
     "item_similarity",
     "item_cooccurrence",
 )
+
+
+ECHO_CHARS = 64  # longest piece of a request repeated in an error
+
+
+def shorten(text, limit=ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters (with "..."), so an error never
+    echoes a large request back."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class UnknownIdError(LookupError):
@@ -286,8 +296,9 @@ class RecommendationService:
                 if kind == "user"
                 else ""
             )
+            shown = [shorten(r) for r in unknown[:10]]
             raise UnknownIdError(
-                f"Unknown {kind} id(s) {unknown[:10]}"
+                f"Unknown {kind} id(s) {shown}"
                 f"{' ...' if len(unknown) > 10 else ''}: not in the "
                 f"production model's {kind}s.{hint}"
             )
@@ -399,7 +410,7 @@ def load_service(cfg) -> RecommendationService:
                 f"`serve.{key}` must be >= 1. Received: {getattr(sc, key)}"
             )
     encoders_path = production / "encoders.json"
-    encoders = json.loads(encoders_path.read_text())
+    encoders = runs.read_json(encoders_path, REBUILD)
     dataset = data.load(cfg.data)
     if not (
         np.array_equal(dataset.user_ids, np.asarray(encoders["user_ids"]))
@@ -410,12 +421,12 @@ def load_service(cfg) -> RecommendationService:
             f"model's id maps ({encoders_path}): retrain with "
             "train_production_model."
         )
-    recommender = recommenders.load(model_dir)
+    recommender = recommenders.load(model_dir, REBUILD)
     reranker = None
     if sc.reranker is not None:
         reranker = _load_reranker(pathlib.Path(sc.reranker), encoders)
     config_path = production / "config.json"
-    saved = json.loads(config_path.read_text())
+    saved = runs.read_json(config_path, REBUILD)
     info = {
         "model": saved.get("model", {}).get("name", cfg.model.name),
         "config_hash": hashlib.sha256(config_path.read_bytes()).hexdigest()[
@@ -462,7 +473,7 @@ def config_from_run(run_dir) -> config_lib.Config:
             f"{path} not found: {run_dir} holds no production model; run "
             "`python main.py train_production_model` for it first."
         )
-    cfg = config_lib.from_dict(json.loads(path.read_text()))
+    cfg = config_lib.from_dict(runs.read_json(path, REBUILD))
     output = dataclasses.replace(
         cfg.output, runs_dir=run_dir.parent, run_name=run_dir.name
     )
@@ -568,7 +579,7 @@ def _load_reranker(path, encoders):
             f"`serve.reranker` needs {theirs_path} beside the model folder "
             "to check that it uses the same user and item ids."
         )
-    theirs = json.loads(theirs_path.read_text())
+    theirs = runs.read_json(theirs_path, REBUILD)
     if (
         theirs["user_ids"] != encoders["user_ids"]
         or theirs["item_ids"] != encoders["item_ids"]

@@ -110,7 +110,7 @@ def test_default_points_at_shipped_movielens():
     assert cfg.data.item_features.path.is_file()
     assert cfg.data.item_features.multivalued == ("genres",)
     assert cfg.data.user_features.path is None
-    assert cfg.run_dir == pathlib.Path("runs") / "default"
+    assert cfg.run_dir == pathlib.Path("runs") / "two_tower"  # auto
 
 
 def test_new_dataset_needs_only_config_edits(tmp_path):
@@ -316,6 +316,7 @@ def test_override_optional_fields_to_none_and_back():
         config.Config(),
         [
             "data.rating_col=None",
+            "data.split=random",
             "data.timestamp_col=None",
             "data.sep=None",
             "data.item_features.path=None",

@@ -1151,3 +1151,239 @@ def test_cold_items_split_holds_out_whole_items():
     np.testing.assert_array_equal(np.unique(again.item), cold)
     other = data.split(x, "cold_items", 0.1, 0.2, seed=2)[2]
     assert not np.array_equal(np.unique(other.item), cold)
+
+
+# ---------------------------------------------------------------------------
+# New-data guard rails (a dataset the toolkit has never seen)
+# ---------------------------------------------------------------------------
+
+
+def _no_time_file(tmp_path):
+    rows = [(u, 100 + i, 1) for u in range(1, 4) for i in range(6)]
+    return _write_csv(tmp_path / "plays.csv", ["user", "artist", "plays"], rows)
+
+
+def test_chrono_without_timestamps_is_refused_with_the_choices(tmp_path):
+    path = _no_time_file(tmp_path)
+    sets = [
+        f"data.path={str(path)!r}",
+        "data.timestamp_col=None",
+        "data.rating_col=None",
+        "data.user_col=user",
+        "data.item_col=artist",
+        "data.item_features.path=None",
+    ]
+    for split in ("chrono", "leave_last_out", "time_cut"):
+        with pytest.raises(
+            ValueError,
+            match=(r"timestamp_col.*data.split='random'.*order_by_file=True"),
+        ):
+            config.override(config.default(), sets + [f"data.split={split}"])
+    # The library refuses too, for code that splits by hand.
+    x = data.load(
+        _cfg(
+            path,
+            user_col="user",
+            item_col="artist",
+            rating_col=None,
+            timestamp_col=None,
+        )
+    ).interactions
+    assert not x.ordered
+    with pytest.raises(ValueError, match="no timestamps"):
+        data.split(x, "chrono")
+    train, valid, test = data.split(x, "random", seed=0)
+    assert len(train) + len(valid) + len(test) == len(x)
+    # With order_by_file the file row is the time.
+    ordered = data.load(
+        _cfg(
+            path,
+            user_col="user",
+            item_col="artist",
+            rating_col=None,
+            timestamp_col=None,
+            order_by_file=True,
+        )
+    ).interactions
+    _, _, test = data.split(ordered, "chrono", 0.0, 0.3)
+    assert sorted(test.item[test.user == 0]) == [4, 5]  # the last rows
+
+
+def test_shipped_movie_features_only_join_the_shipped_ratings(tmp_path, caplog):
+    path = _no_time_file(tmp_path)
+    cfg = config.DataConfig(
+        path=path,
+        user_col="user",
+        item_col="artist",
+        rating_col=None,
+        timestamp_col=None,
+    )
+    assert cfg.item_features.path is not None  # the shipped default
+    with caplog.at_level("WARNING"):
+        dataset = data.load(cfg)
+    assert dataset.item_features is None
+    assert "not joined" in caplog.text
+    assert data.load(config.DataConfig()).item_features is not None
+
+
+def test_feature_file_that_misses_most_ids_is_an_error(tmp_path):
+    feat = tmp_path / "items.csv"
+    feat.write_text("id,genre\n999,a\n998,b\n10,c\n")
+    path = _write_csv(tmp_path / "r.csv", COLUMNS, ROWS)
+    fcfg = config.FeatureFileConfig(path=feat, categorical=("genre",))
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"items.csv: the item feature file has rows for only 1 of the 4 "
+            r"items.*data.item_features.id_col.*data.item_features.path=None"
+        ),
+    ):
+        data.load(_cfg(path, item_features=fcfg))
+    relaxed = dataclasses.replace(fcfg, min_coverage=0.0)
+    assert data.load(_cfg(path, item_features=relaxed)).item_features
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "1e30", "inf"])
+def test_timestamps_past_int64_are_rejected(tmp_path, value):
+    rows = ROWS[:2] + [(5, 50, 3.0, value)]
+    path = _write_csv(tmp_path / "r.csv", COLUMNS, rows)
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"r.csv: column `timestamp` holds a time out of range at data "
+            r"row 3 \(line 4\)"
+        ),
+    ):
+        data.load(_cfg(path))
+
+
+def test_empty_file_is_named(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"ratings.csv is empty \(0 bytes\)"):
+        data.load(_cfg(path))
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="ratings.csv holds no columns"):
+        data.load(_cfg(path))
+
+
+def test_wrong_separator_names_the_setting_and_the_guess(tmp_path):
+    path = _write_csv(
+        tmp_path / "r.csv",
+        ["userID", "artistID", "weight"],
+        [(1, 2, 3), (1, 3, 4)],
+        sep="\t",
+    )
+    cfg = _cfg(
+        path,
+        user_col="userID",
+        item_col="artistID",
+        rating_col=None,
+        timestamp_col=None,
+    )
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"column `userID` .* not found.*looks tab-separated, not "
+            r"','-separated: set `data.sep='\\t'`"
+        ),
+    ):
+        data.load(cfg)
+    assert len(data.load(dataclasses.replace(cfg, sep="\t")).interactions)
+
+
+def test_headerless_tab_file_read_as_csv_gets_a_hint(tmp_path):
+    """The MovieLens-100K `u.data` layout read with format=auto."""
+    path = tmp_path / "u.data"
+    path.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    cfg = _cfg(
+        path,
+        header=False,
+        column_names=("user", "item", "rating", "ts"),
+        user_col="user",
+        item_col="item",
+        timestamp_col="ts",
+    )
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"column `item` is empty at data row 1.*needs an item id.*"
+            r"looks tab-separated.*data.sep='\\t'"
+        ),
+    ):
+        data.load(cfg)
+    ok = data.load(dataclasses.replace(cfg, sep="\t"))
+    assert ok.interactions.num_users == 2
+    # With a header row expected, the first data row is taken for names.
+    with pytest.raises(ValueError, match="data.header=False"):
+        data.load(_cfg(path, sep="\t", user_col="user", item_col="item"))
+
+
+def test_latin1_file_read_as_utf8_names_file_and_encoding(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(
+        "userId,movieId,rating,timestamp\n1,Am\u00e9lie,4,5\n".encode("latin-1")
+    )
+    with pytest.raises(
+        ValueError,
+        match=(r"r.csv is not utf-8 text \(byte 0xe9.*data.encoding.*latin-1"),
+    ):
+        data.load(_cfg(path))
+    assert data.load(_cfg(path, encoding="latin-1")).item_ids[0] == (
+        "Am\u00e9lie"
+    )
+
+
+def test_empty_rating_cell_is_reported_as_empty(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,2,,5\n1,3,4,6\n")
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"column `rating` must be numeric; data row 1 \(line 2\) is empty"
+        ),
+    ):
+        data.load(_cfg(path))
+    path.write_text("userId,movieId,rating,timestamp\n1,2,oops,5\n")
+    with pytest.raises(ValueError, match="data row 1 .* holds 'oops'"):
+        data.load(_cfg(path))
+
+
+def test_count_column_becomes_sample_weights(tmp_path):
+    rows = [(1, 10, 0), (1, 20, 3), (2, 10, 1000), (2, 30, 1)]
+    path = _write_csv(tmp_path / "plays.csv", ["u", "i", "plays"], rows)
+    cfg = _cfg(
+        path,
+        user_col="u",
+        item_col="i",
+        rating_col=None,
+        timestamp_col=None,
+        weight_col="plays",
+    )
+    x = data.load(cfg).interactions
+    np.testing.assert_allclose(
+        np.sort(x.weight), np.sort(1 + np.log1p([0, 3, 1000, 1])), rtol=1e-6
+    )
+    assert x.weighted and (x.value == 1).all()
+    assert x.to_csr(weighted=True).sum() == pytest.approx(x.weight.sum())
+    assert x.select(x.user == 0).weight.shape == (2,)
+    linear = data.load(dataclasses.replace(cfg, weight_transform="linear"))
+    assert sorted(linear.interactions.weight) == [0, 1, 3, 1000]
+    batches = data.InteractionBatches(x, 2, seed=0)
+    assert len(batches[0]) == 3  # (x, y, sample_weight)
+    bad = _write_csv(tmp_path / "bad.csv", ["u", "i", "plays"], [(1, 10, -2)])
+    with pytest.raises(ValueError, match="counts >= 0; data row 1"):
+        data.load(dataclasses.replace(cfg, path=bad))
+
+
+def test_describe_reports_steps_time_and_duplicates(tmp_path):
+    rows = ROWS + [ROWS[0]]
+    path = _write_csv(tmp_path / "r.csv", COLUMNS, rows)
+    cfg = _cfg(path, min_item_interactions=2)
+    facts = data.describe(data.load(cfg), cfg)
+    assert facts["steps"] == {"read": 7, "duplicates": 6, "k_core": 4}
+    assert facts["duplicate_rows"] == 1
+    assert facts["separator"] == "," and facts["separator_detected"] == ","
+    assert facts["time"]["first"] == 100 and facts["time"]["ordered"]
+    assert facts["ratings"]["max"] == 5.0
+    assert len(facts["sample"]) == 5

@@ -83,7 +83,9 @@ def test_cli_smoke_on_this_backend(tiny_cfg):
     assert f"backend={backend}" in result.stderr
     recs = json.loads(
         (
-            tiny_cfg.output.runs_dir / "default-smoke" / "recommendations.json"
+            tiny_cfg.output.runs_dir
+            / "two_tower-smoke"
+            / "recommendations.json"
         ).read_text()
     )
     assert recs["backend"] == backend and len(recs["recommendations"]) == 24
@@ -216,3 +218,43 @@ def test_backend_is_read_from_the_command_line():
     )
     assert config.backend_from_argv(["x", "--set", "train.epochs=3"]) == "jax"
     assert config.backend_from_argv(["x", "--set", "backend=cuda"]) == "jax"
+
+
+def test_known_failures_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    args = [
+        "main.py",
+        "check_data",
+        "-q",
+        "--set",
+        f"data.path={str(tmp_path / 'nope.csv')!r}",
+    ]
+    result = _run(args, keras.backend.backend(), timeout=300)
+    assert result.returncode == 1
+    assert "error: Data file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = _run(args + ["--debug"], keras.backend.backend(), timeout=300)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+QUIET_SCRIPT = """
+import runpy, sys
+sys.argv = ["main.py", "check_data", "-q", "--set", sys.argv[1]]
+try:
+    runpy.run_path("main.py", run_name="__main__")
+finally:
+    print("TENSORFLOW_IMPORTED", "tensorflow" in sys.modules)
+"""
+
+
+def test_start_up_is_quiet_on_this_backend(tmp_path):
+    """No TensorFlow import under JAX or torch, and no TensorFlow start-up
+    lines under TensorFlow."""
+    backend = keras.backend.backend()
+    result = _run(
+        ["-c", QUIET_SCRIPT, f"output.runs_dir={str(tmp_path)!r}"], backend, 300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = "TENSORFLOW_IMPORTED True" in result.stdout
+    assert imported == (backend == "tensorflow")
+    for noise in ("oneDNN", "cudart", "absl::InitializeLog"):
+        assert noise not in result.stderr, result.stderr[-2000:]

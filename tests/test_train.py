@@ -9,6 +9,7 @@ import config
 import data
 import recommenders
 import train
+from runtime import runs
 from tests.conftest import tiny_config
 
 
@@ -148,3 +149,165 @@ def test_baseline_params_go_to_the_main_model_only(tiny_cfg):
     bad = config.override(cfg, ["model.baseline_params={'lambda_': 1.0}"])
     with pytest.raises(ValueError, match="takes the parameters.*l2"):
         recommenders.build(bad, data.load(bad.data))
+
+
+# ---------------------------------------------------------------------------
+# New data, first try: check_data, run folders, damaged artefacts
+# ---------------------------------------------------------------------------
+
+
+def test_check_data_on_the_shipped_data(tmp_path):
+    cfg = config.override(
+        config.default(), [f"output.runs_dir={str(tmp_path)!r}"]
+    )
+    report = train.check_data(cfg)
+    assert report["steps"]["read"] == 100_836
+    assert report["users"] == 610 and report["items"] == 9_724
+    assert report["split"] == {
+        "method": "chrono",
+        "train": 70_061,
+        "valid": 10_358,
+        "test": 20_417,
+        "test_users": 610,
+    }
+    assert report["time"]["first_date"] == "1996-03-29"
+    assert report["item_features"]["share"] == 1.0
+    assert report["memory_gib"]["ease"] > report["memory_gib"]["two_tower"]
+    assert report["warnings"] == []
+    saved = json.loads((cfg.run_dir / "check_data.json").read_text())
+    assert saved["interactions"] == 100_836
+
+
+def test_check_data_on_a_headerless_tab_file(tmp_path):
+    path = tmp_path / "u.data"
+    rows = [
+        f"{u}\t{i}\t{1 + (u + i) % 5}\t{880000000 + 7 * u + i}"
+        for u in range(1, 31)
+        for i in range(1, 13)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    sets = [
+        f"data.path={str(path)!r}",
+        "data.header=False",
+        "data.column_names=('user', 'item', 'rating', 'ts')",
+        "data.user_col=user",
+        "data.item_col=item",
+        "data.timestamp_col=ts",
+        f"output.runs_dir={str(tmp_path)!r}",
+    ]
+    with pytest.raises(ValueError, match=r"looks tab-separated.*data.sep"):
+        train.check_data(config.override(config.default(), sets))
+    report = train.check_data(
+        config.override(config.default(), sets + ["data.sep='\\t'"])
+    )
+    assert report["separator"] == "\t"
+    assert report["users"] == 30 and report["items"] == 12
+    assert report["item_features"] == {
+        "path": str(config.DataConfig().item_features.path),
+        "used": False,
+    }
+    assert any("not used" in w for w in report["warnings"])
+
+
+def test_check_data_on_a_count_file_without_timestamps(tmp_path):
+    path = tmp_path / "plays.tsv"
+    rows = ["userID\tartistID\tweight"] + [
+        f"{u}\t{a}\t{(u * a) % 900 + 1}" for u in range(40) for a in range(9)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    base = [
+        f"data.path={str(path)!r}",
+        "data.user_col=userID",
+        "data.item_col=artistID",
+        "data.rating_col=weight",
+        "data.timestamp_col=None",
+        "data.split=random",
+        f"output.runs_dir={str(tmp_path)!r}",
+    ]
+    report = train.check_data(config.override(config.default(), base))
+    assert report["time"]["column"] is None
+    assert any("no timestamps" in w for w in report["warnings"])
+    assert any("data.weight_col" in w for w in report["warnings"])
+    as_counts = config.override(
+        config.default(),
+        base + ["data.rating_col=None", "data.weight_col=weight"],
+    )
+    report = train.check_data(as_counts)
+    assert report["weights"]["transform"] == "log1p"
+    assert not any("data.weight_col" in w for w in report["warnings"])
+
+
+def test_model_runs_get_their_own_folder(tiny_cfg):
+    """A baseline's validation run no longer replaces the model's."""
+    auto = config.override(tiny_cfg, ["output.run_name='auto'"])
+    assert auto.run_dir.name == "two_tower"
+    train.train_validation_model(auto)
+    baseline = config.override(auto, ["model.name='most_popular'"])
+    assert baseline.run_dir.name == "most_popular"
+    train.train_validation_model(baseline)
+    train.train_production_model(auto)  # finds its own selected epoch
+    kept = json.loads(
+        (auto.run_dir / "validation" / "metrics.json").read_text()
+    )
+    assert kept["model"] == "two_tower"
+
+
+def test_production_of_another_model_than_validated_is_explained(tiny_cfg):
+    shared = config.override(tiny_cfg, ["output.run_name='shared'"])
+    ease = config.override(shared, ["model.name='ease'"])
+    train.train_validation_model(ease)  # a run name given: one folder
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"holds a validation run of 'ease', not 'two_tower'.*"
+            r"train_validation_model --set model.name=two_tower"
+        ),
+    ):
+        train.train_production_model(shared)
+
+
+def test_damaged_artefacts_name_the_file_and_the_fix(tiny_cfg):
+    train.train_validation_model(tiny_cfg)
+    train.train_production_model(tiny_cfg)
+    model_dir = tiny_cfg.run_dir / "production" / "model"
+    tables = model_dir / "tables.npz"
+    good = tables.read_bytes()
+    tables.write_bytes(good[: len(good) // 2])
+    with pytest.raises(
+        runs.ArtifactError,
+        match=(
+            r"tables.npz is damaged or unreadable.*"
+            r"Rebuild it with `python main.py train_production_model`"
+        ),
+    ):
+        train.compute_predictions(tiny_cfg)
+    tables.write_bytes(good)
+    model_file = model_dir / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    with pytest.raises(runs.ArtifactError, match="model.keras is damaged"):
+        train.compute_predictions(tiny_cfg)
+    encoders = tiny_cfg.run_dir / "production" / "encoders.json"
+    encoders.write_text('{"user_ids": [1, 2')
+    with pytest.raises(
+        runs.ArtifactError,
+        match=(r"encoders.json is damaged.*train_production_model"),
+    ):
+        train.compute_predictions(tiny_cfg)
+    metrics = tiny_cfg.run_dir / "validation" / "metrics.json"
+    metrics.write_text("{")
+    with pytest.raises(
+        runs.ArtifactError,
+        match=(r"metrics.json is damaged.*train_validation_model"),
+    ):
+        train.train_production_model(tiny_cfg)
+
+
+def test_a_single_user_file_warns_that_metrics_mean_nothing(tmp_path):
+    path = tmp_path / "one.csv"
+    rows = [f"1,{i},4,{100 + i}" for i in range(20)]
+    path.write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows))
+    cfg = tiny_config(
+        tmp_path, f"data.path={str(path)!r}", "model.name='most_popular'"
+    )
+    report = train.train_validation_model(cfg)
+    assert report["warnings"] and "only 1 user" in report["warnings"][0]

@@ -304,3 +304,79 @@ def test_score_validates_users(tiny):
         model.score(np.array([12]))
     with pytest.raises(ValueError, match="`user_idx` must be a 1-D integer"):
         model.score(np.array([0.5]))
+
+
+def test_ease_warns_before_a_fit_over_the_memory_budget(caplog):
+    x = Interactions(
+        user=[0, 1, 1, 2],
+        item=[0, 1, 2, 2],
+        value=[1, 1, 1, 1],
+        ts=[0, 1, 2, 3],
+        num_users=3,
+        num_items=3,
+    )
+    model = baselines.EASE(l2=1.0)
+    estimate = baselines.EASE.memory_bytes(3, 3, 4)
+    model.memory_warning_bytes = estimate - 1
+    with caplog.at_level("WARNING"):
+        model.fit(x)
+    assert "EASE on users=3 items=3 needs about" in caplog.text
+    assert "eval.memory_warning_gb" in caplog.text
+    # Items squared: ten times the items, about a hundred times the memory.
+    small = baselines.EASE.memory_bytes(10**4, 10**3, 0)
+    large = baselines.EASE.memory_bytes(10**4, 10**4, 0)
+    assert 80 < large / small < 120
+
+
+def test_ease_float32_matches_float64():
+    rng = np.random.default_rng(0)
+    dense = (rng.random((40, 25)) < 0.3).astype(np.float32)
+    users, items = np.nonzero(dense)
+    x = Interactions(
+        user=users,
+        item=items,
+        value=np.ones(len(users)),
+        ts=np.arange(len(users)),
+        num_users=40,
+        num_items=25,
+    )
+    scores = {}
+    for dtype in ("float32", "float64"):
+        model = baselines.EASE(l2=10.0, dtype=dtype)
+        model.fit(x)
+        scores[dtype] = model.score(np.arange(40))
+    np.testing.assert_allclose(scores["float32"], scores["float64"], atol=1e-4)
+
+
+def test_ease_and_als_read_count_weights():
+    x = Interactions(
+        user=[0, 0, 1, 1, 2],
+        item=[0, 1, 1, 2, 0],
+        value=np.ones(5),
+        ts=np.arange(5),
+        num_users=3,
+        num_items=3,
+        weight=[1, 5, 1, 1, 2],
+    )
+    plain = Interactions(
+        user=x.user,
+        item=x.item,
+        value=x.value,
+        ts=x.ts,
+        num_users=3,
+        num_items=3,
+    )
+    for model_a, model_b in (
+        (baselines.EASE(l2=1.0), baselines.EASE(l2=1.0)),
+        (
+            baselines.ALS(factors=2, iterations=3),
+            baselines.ALS(factors=2, iterations=3),
+        ),
+    ):
+        model_a.fit(x)
+        model_b.fit(plain)
+        assert not np.allclose(
+            model_a.score([0, 1, 2]), model_b.score([0, 1, 2])
+        )
+        # The mask of known items stays binary.
+        assert set(model_a._history.data) == {1.0}

@@ -210,7 +210,7 @@ def test_default_grids_hold_the_reference_choices(protocol, chosen):
     for name, params in chosen.items():
         assert params in grids[name].grid
     model = grids["ease"].factory(grids["ease"].grid[0])
-    assert model.get_config() == {"l2": 250.0}
+    assert model.get_config() == {"l2": 250.0, "dtype": "float32"}
     with pytest.raises(ValueError, match="`protocol`"):
         benchmark.default_baseline_grids("p9")
 

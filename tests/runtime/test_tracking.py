@@ -46,10 +46,10 @@ def test_train_actions_log_params_metrics_and_artifacts(tmp_path):
     )
     report = train.train_validation_model(cfg)
     runs = _runs(store, "tiny")
-    assert set(runs) == {"default/validation"}
+    assert set(runs) == {"two_tower/validation"}
     client = _client(store)
 
-    run = runs["default/validation"]
+    run = runs["two_tower/validation"]
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["train.epochs"] == "2"

@@ -151,3 +151,124 @@ def test_requests_near_valid_ids_keep_their_promises(served):
             check(result, k, excluded)
 
     fuzz()
+
+
+def _raw_post(client, body, headers=None):
+    return client.post(
+        "/recommend",
+        content=body,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+
+
+def test_bodies_that_are_not_finite_json_get_a_422(served):
+    client = TestClient(served[0])
+    user = int(served[1].user_ids[0])
+    for body in (
+        f'{{"users": [{user}], "k": NaN}}',
+        f'{{"users": [{user}], "k": Infinity}}',
+        f'{{"users": [{user}], "k": -Infinity}}',
+        f'{{"users": [{user}, 1e400], "k": 5}}',
+        f'{{"users": [{user}], "k": 5, "extra": [1, NaN]}}',
+        '{"users": [1, 2',
+        "not json at all",
+        b'{"users": [\xff]}',
+    ):
+        response = _raw_post(client, body)
+        assert response.status_code == 422, (body, response.text)
+        assert len(response.content) < 400
+        assert response.json()["detail"]
+    # The connection is usable after each of them.
+    assert _raw_post(client, f'{{"users": [{user}]}}').status_code == 200
+
+
+@hypothesis.given(
+    junk=st.one_of(
+        st.text(max_size=40),
+        st.binary(max_size=40),
+        st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "[", "{"]),
+    )
+)
+@hypothesis.settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
+def test_fuzzed_bodies_never_reach_a_5xx(served, junk):
+    client = TestClient(served[0])
+    for body in (
+        junk,
+        f'{{"users": [{junk!r}], "k": 3}}',
+        f'{{"items": [1], "k": {junk}}}',
+    ):
+        response = _raw_post(client, body)
+        assert response.status_code in (200, 404, 422), response.text
+
+
+def test_errors_echo_only_a_short_prefix(served):
+    client = TestClient(served[0])
+    huge_list = {"users": list(range(10_000)), "k": 5}
+    response = client.post("/recommend", json=huge_list)
+    assert response.status_code == 422 and len(response.content) < 1000
+    response = client.get(f"/recommend/{'x' * 20_000}")
+    assert response.status_code == 404 and len(response.content) < 500
+    assert "xxx..." in response.json()["detail"]
+    response = client.post(
+        "/recommend", json={"items": ["x" * 100_000], "k": 3}
+    )
+    assert response.status_code == 404 and len(response.content) < 500
+
+
+def test_body_size_limit(served, tmp_path):
+    cfg = make_production_run(tmp_path, "limit", "model.name='most_popular'")
+    client = TestClient(
+        app_lib.create_app(config.override(cfg, ["serve.max_body_bytes=2048"]))
+    )
+    small = {"users": [1], "k": 2}
+    assert client.post("/recommend", json=small).status_code == 200
+    big = {"users": [1] * 300, "k": 2, "pad": "y" * 3000}
+    response = client.post("/recommend", json=big)
+    assert response.status_code == 413
+    assert "serve.max_body_bytes" in response.json()["detail"]
+
+
+def test_api_key_when_configured(served, tmp_path, monkeypatch):
+    cfg = make_production_run(tmp_path, "key", "model.name='most_popular'")
+    client = TestClient(
+        app_lib.create_app(config.override(cfg, ["serve.api_key='s3cret'"]))
+    )
+    assert client.get("/health").status_code == 200  # open
+    assert client.get("/recommend/1").status_code == 401
+    wrong = client.get("/recommend/1", headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401
+    right = client.get("/recommend/1", headers={"X-API-Key": "s3cret"})
+    assert right.status_code == 200
+    # The environment variable works too; without either, no key at all.
+    monkeypatch.setenv(app_lib.API_KEY_ENV, "from-env")
+    client = TestClient(app_lib.create_app(cfg))
+    assert client.get("/recommend/1").status_code == 401
+    ok = client.get("/recommend/1", headers={"X-API-Key": "from-env"})
+    assert ok.status_code == 200
+    monkeypatch.delenv(app_lib.API_KEY_ENV)
+    assert (
+        TestClient(app_lib.create_app(cfg)).get("/recommend/1").status_code
+        == 200
+    )
+
+
+def test_rate_limit_per_client(served, tmp_path):
+    cfg = make_production_run(tmp_path, "rate", "model.name='most_popular'")
+    client = TestClient(
+        app_lib.create_app(
+            config.override(cfg, ["serve.rate_limit=1.0", "serve.rate_burst=3"])
+        )
+    )
+    codes = [client.get("/recommend/1").status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    limited = client.get("/recommend/1")
+    assert int(limited.headers["retry-after"]) >= 1
+    # The limit is off by default.
+    free = TestClient(app_lib.create_app(cfg))
+    assert {free.get("/recommend/1").status_code for _ in range(30)} == {200}

@@ -458,3 +458,23 @@ def test_create_app_from_run_folder(runs):
     client = TestClient(app_lib.create_app(runs["als"].run_dir))
     assert client.get("/version").json()["model"] == "als"
     assert client.get("/recommend/1?k=2").status_code == 200
+
+
+def test_damaged_production_files_name_themselves(tmp_path):
+    cfg = make_production_run(tmp_path, "damaged", "model.name='ease'")
+    production = cfg.run_dir / "production"
+    arrays = production / "model" / "arrays.npz"
+    good = arrays.read_bytes()
+    arrays.write_bytes(good[:50])
+    with pytest.raises(
+        run_files.ArtifactError,
+        match=(r"arrays.npz is damaged or unreadable.*train_production_model"),
+    ):
+        app_lib.create_app(cfg)
+    arrays.write_bytes(good)
+    (production / "encoders.json").write_text("{")
+    with pytest.raises(
+        run_files.ArtifactError,
+        match=(r"encoders.json is damaged.*train_production_model"),
+    ):
+        app_lib.create_app(cfg)

@@ -60,12 +60,21 @@ class MaskedMeanEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, ids, keep=None):
-        mask = ops.cast(ops.not_equal(ids, 0), self.compute_dtype)
         if keep is not None:
-            mask = mask * ops.cast(keep, self.compute_dtype)
-        vectors = self.embedding(ids)  # (batch, length, dim)
-        total = ops.sum(vectors * mask[..., None], axis=1)
-        count = ops.sum(mask, axis=1, keepdims=True)
+            ids = ops.where(ops.cast(keep, "bool"), ids, 0)
+        # Padding reads row 0 of a table whose row 0 is zeroed here, so the
+        # sum needs no (batch, length, dim) mask.
+        table = (
+            self.embedding.embeddings
+            * ops.cast(
+                ops.arange(self.num_embeddings) > 0,
+                self.embedding.embeddings.dtype,
+            )[:, None]
+        )
+        total = ops.sum(ops.take(table, ids, axis=0), axis=1)  # (batch, dim)
+        count = ops.sum(
+            ops.cast(ops.not_equal(ids, 0), total.dtype), axis=1, keepdims=True
+        )
         return total / ops.maximum(count, 1.0)
 
     def compute_output_shape(self, ids_shape, keep_shape=None):

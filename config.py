@@ -386,6 +386,19 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameter search on the validation split (`python main.py
+    tune`; eval/tune.py). Every model gets the same number of trials."""
+
+    models: tuple[str, ...] = ()  # families to tune; () = model.name
+    space: dict = field(default_factory=dict)  # model -> {key: spec}
+    trials: int = 20  # trials per model, >= 1
+    timeout_s: float = 0.0  # per model; 0 = no limit
+    sampler: str = "tpe"  # tpe|random
+    protocol: str = "config"  # config (the data.* split)|p1|p2
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 42
     backend: str = "jax"  # used only when KERAS_BACKEND is unset
@@ -401,6 +414,7 @@ class Config:
     multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self):
         _check_fields(self, "")
@@ -485,6 +499,32 @@ def amazon(cfg: "Config | None" = None) -> Config:
 PRESETS = {"default": default, "tiny": tiny, "amazon": amazon}
 
 
+def load_preset(name) -> Config:
+    """The preset called `name` (a key of `PRESETS`), or the config a
+    preset file describes: JSON with `"overrides"` (a list of `--set`
+    strings, as `tune` writes) and optionally `"preset"` (the base)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    path = Path(name)
+    if path.suffix != ".json" or not path.is_file():
+        raise ValueError(
+            f"`--preset` must be one of {sorted(PRESETS)} or a preset .json "
+            f"file. Received: {name!r}"
+        )
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        base = spec.get("preset", "default")
+        sets = list(spec["overrides"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{path}: a preset file is a JSON object with `overrides` (a "
+            f"list of key=value strings). ({e})"
+        ) from None
+    if base not in PRESETS:
+        raise ValueError(f"{path}: unknown base preset {base!r}.")
+    return override(PRESETS[base](), sets)
+
+
 def backend_from_argv(argv) -> str:
     """The `backend` field the command line `argv` asks for (its `--preset`
     and `--set backend=...`), read before Keras is imported; the default
@@ -502,7 +542,7 @@ def backend_from_argv(argv) -> str:
             overrides.append(value)
     wanted = [o for o in overrides if o.strip().startswith("backend=")]
     try:
-        return override(PRESETS.get(preset, default)(), wanted).backend
+        return override(load_preset(preset), wanted).backend
     except ValueError:
         return Config().backend
 
@@ -673,6 +713,10 @@ RULES = {
     "eval.num_bootstrap": _at_least(1),
     "eval.protocol": _one_of("p1", "p2"),
     "eval.cold_item_fraction": _OPEN_UNIT,
+    "tune.trials": _at_least(1),
+    "tune.timeout_s": _NON_NEGATIVE,
+    "tune.sampler": _one_of("tpe", "random"),
+    "tune.protocol": _one_of("config", "p1", "p2"),
     "output.top_k": _at_least(1),
     "scale.distribution": _one_of(*DISTRIBUTIONS),
     "scale.model_parallel": _at_least(1),

@@ -87,6 +87,10 @@ ACTIONS = {
         eval_actions.benchmark,
         "models vs baselines on a protocol (P1/P2), with CIs",
     ),
+    "tune": Action(
+        eval_actions.tune,
+        "search hyper-parameters on valid (Optuna); best -> a preset file",
+    ),
     "evaluate_cold_items": Action(
         eval_actions.evaluate_cold_items,
         "rank held-out (never trained) items; cold start",
@@ -218,9 +222,10 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--preset",
-        choices=sorted(config_lib.PRESETS),
         default="default",
-        help="starting configuration before overrides",
+        help="starting configuration before overrides: "
+        + ", ".join(sorted(config_lib.PRESETS))
+        + ", or a preset .json file (e.g. the best.json `tune` writes)",
     )
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument(
@@ -263,7 +268,7 @@ def main(argv=None):
     )
     try:
         cfg = config_lib.override(
-            config_lib.PRESETS[args.preset](), args.overrides
+            config_lib.load_preset(args.preset), args.overrides
         )
         recommenders.check_names(cfg)
     except ValueError as e:

@@ -121,7 +121,11 @@ def train_validation_model(cfg):
             results[name], models[name], per_user[name] = _validate_and_test(
                 run_cfg, dataset, train, valid, test, stage
             )
-        models[cfg.model.name].save(stage / "model")
+        # The refit model is the one whose test metrics are reported; the
+        # model fit on train alone (which chose the epochs) is kept beside.
+        selected, tested = models[cfg.model.name]
+        tested.save(stage / "model")
+        selected.save(stage / "model_train_only")
         report = {
             "model": cfg.model.name,
             "warnings": warnings,
@@ -446,8 +450,9 @@ def _validate_and_test(cfg, dataset, train, valid, test, stage):
     """Fit on train (select on valid), then refit on train+valid and test.
 
     Returns:
-        `(entry, recommender, test result)`: the report entry, the model
-        selected on valid, and the per-user test metrics of the refit.
+        `(entry, (selected, refit), test result)`: the report entry, the
+        model fit on train that selected on valid and the model refit on
+        train + valid (the tested one), and the per-user test metrics.
     """
     pop_train = train.item_counts()
     rec = recommenders.build(cfg, dataset)
@@ -488,7 +493,7 @@ def _validate_and_test(cfg, dataset, train, valid, test, stage):
         "fit_seconds_test": fit_test,
         "history": getattr(rec, "fit_history", {}),
     }
-    return entry, rec, test_result
+    return entry, (rec, rec_test), test_result
 
 
 def _evaluate_scorer(cfg, rec, test, known, stage):

@@ -1,7 +1,9 @@
 """The evaluation actions: `benchmark` (every model against tuned baselines
-on protocol P1 or P2), `evaluate_cold_items` (the configured model on items
-never seen in training) and `evaluate_cold_start` (the multimodal model
-against id-only and content baselines on cold items, with an ablation)."""
+on protocol P1 or P2), `tune` (hyper-parameter search on valid with the
+same budget for every model), `evaluate_cold_items` (the configured model
+on items never seen in training) and `evaluate_cold_start` (the multimodal
+model against id-only and content baselines on cold items, with an
+ablation)."""
 
 import dataclasses
 import logging
@@ -9,6 +11,7 @@ import logging
 import keras
 import numpy as np
 
+import config as config_lib
 import data
 import recommenders
 from content import items as content_items
@@ -17,6 +20,7 @@ from eval import benchmark as bench
 from eval import cold_start
 from eval import protocols
 from eval import reports
+from eval import tune as tune_lib
 from runtime import runs
 
 logger = logging.getLogger(__name__)
@@ -272,3 +276,80 @@ def _keras_factory(cfg, name, dataset):
         return recommenders.build(run_cfg, dataset)
 
     return factory
+
+
+def tune(cfg):
+    """Search hyper-parameters on the validation split for each model of
+    `tune.models` (or `model.name`) with `tune.trials` trials each: Optuna
+    over `tune.space[model]` (or eval/tune.py's default space). Writes
+    `<run>/tune/<model>/trials.jsonl` and `best.json`, a preset that
+    `--preset` reproduces, and `<run>/tune/summary.json`."""
+    names = list(cfg.tune.models) or [cfg.model.name]
+    for name in names:
+        recommenders.get(name)
+    protocol = cfg.tune.protocol
+    if protocol == "config":
+        dataset = data.load(cfg.data)
+        train, valid, _ = data.split(
+            dataset.interactions,
+            cfg.data.split,
+            cfg.data.valid_fraction,
+            cfg.data.test_fraction,
+            seed=cfg.seed,
+        )
+    else:
+        split = protocols.load_protocol(protocol)
+        dataset, train, valid = split.dataset, split.train, split.valid
+    out = cfg.run_dir / "tune"
+    summary = {}
+    for name in names:
+        space = cfg.tune.space.get(name) or tune_lib.DEFAULT_SPACES.get(name)
+        if not space:
+            raise ValueError(
+                f"No search space for {name!r}: give one with "
+                f"`--set \"tune.space={{'{name}': {{'model.x': (lo, hi)}}}}\"`."
+            )
+        base = _with_model(cfg, name=name, baseline_params={})
+
+        def build(params, base=base):
+            sets = tune_lib.overrides(params)
+            return recommenders.build(config_lib.override(base, sets), dataset)
+
+        logger.info(
+            "tuning %s: %d trials over %s", name, cfg.tune.trials, sorted(space)
+        )
+        best, trials = tune_lib.tune_model(
+            build,
+            train,
+            valid,
+            space,
+            cfg.tune.trials,
+            metric=cfg.train.monitor,
+            seed=cfg.seed,
+            timeout_s=cfg.tune.timeout_s,
+            out_dir=out / name,
+            ks=cfg.eval.ks,
+            sampler=cfg.tune.sampler,
+        )
+        preset = {
+            "preset": "default",
+            "overrides": [f"model.name={name!r}", "model.baseline_params={}"]
+            + tune_lib.overrides(best.params)
+            + ([f"eval.protocol={protocol!r}"] if protocol != "config" else []),
+            "metric": cfg.train.monitor,
+            "value": best.value,
+            "refit": best.refit,
+            "protocol": protocol,
+            "trials": len(trials),
+        }
+        runs.write_json(out / name / "best.json", preset)
+        summary[name] = {k: preset[k] for k in ("value", "trials")} | {
+            "params": best.params,
+            "seconds": sum(t.seconds for t in trials),
+        }
+        print(
+            f"{name}: valid {cfg.train.monitor} {best.value:.4f} after "
+            f"{len(trials)} trials -> {out / name / 'best.json'}"
+        )
+    runs.write_json(out / "summary.json", summary)
+    return summary

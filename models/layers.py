@@ -8,6 +8,22 @@ import keras
 from keras import ops
 
 
+def seeded(kind, seed, offset=0):
+    """A Keras initializer of `kind` (`"uniform"`: Keras's embedding
+    default U(-0.05, 0.05); `"glorot_uniform"`: its Dense default) seeded
+    with `seed + offset`, so a model's initial weights depend on its own
+    seed alone, not on what was built before it; unseeded when `seed` is
+    None."""
+    seed = None if seed is None else int(seed) + int(offset)
+    if kind == "uniform":
+        return keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
+    if kind == "glorot_uniform":
+        return keras.initializers.GlorotUniform(seed=seed)
+    raise ValueError(
+        f"`kind` must be 'uniform' or 'glorot_uniform'. Received: {kind!r}"
+    )
+
+
 @keras.saving.register_keras_serializable(package="recsys")
 class MaskedMeanEmbedding(keras.layers.Layer):
     """Mean of the embeddings of a padded list of ids (an "embedding bag").
@@ -19,6 +35,7 @@ class MaskedMeanEmbedding(keras.layers.Layer):
         num_embeddings: int, table size including the padding row 0.
         embedding_dim: int, width of each embedding.
         embeddings_regularizer: optional regularizer for the table.
+        seed: optional int seeding the table's initializer.
 
     Call arguments:
         ids: `(batch, length)` int tensor.
@@ -34,6 +51,7 @@ class MaskedMeanEmbedding(keras.layers.Layer):
         num_embeddings,
         embedding_dim,
         embeddings_regularizer=None,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -47,9 +65,11 @@ class MaskedMeanEmbedding(keras.layers.Layer):
         self.embeddings_regularizer = keras.regularizers.get(
             embeddings_regularizer
         )
+        self.seed = seed
         self.embedding = keras.layers.Embedding(
             num_embeddings,
             embedding_dim,
+            embeddings_initializer=seeded("uniform", seed),
             embeddings_regularizer=self.embeddings_regularizer,
             dtype=self.dtype_policy,
             name="embedding",
@@ -89,6 +109,7 @@ class MaskedMeanEmbedding(keras.layers.Layer):
                 "embeddings_regularizer": keras.regularizers.serialize(
                     self.embeddings_regularizer
                 ),
+                "seed": self.seed,
             }
         )
         return config
@@ -104,7 +125,8 @@ class MLPTower(keras.layers.Layer):
         dropout: float in `[0, 1)`, dropout after each hidden layer.
         activation: hidden activation, default `"gelu"`.
         normalize: bool, L2-normalise the output (cosine geometry).
-        seed: optional int for the dropout SeedGenerators.
+        seed: optional int for the initializers and dropout
+            SeedGenerators.
 
     Returns:
         `(batch, output_dim)` tensor.
@@ -139,6 +161,7 @@ class MLPTower(keras.layers.Layer):
             keras.layers.Dense(
                 d,
                 activation=self.activation,
+                kernel_initializer=seeded("glorot_uniform", seed, 100 + i),
                 dtype=self.dtype_policy,
                 name=f"hidden_{i}",
             )
@@ -153,7 +176,10 @@ class MLPTower(keras.layers.Layer):
             for i in range(len(self.hidden_dims))
         ]
         self.out = keras.layers.Dense(
-            output_dim, dtype=self.dtype_policy, name="output"
+            output_dim,
+            kernel_initializer=seeded("glorot_uniform", seed, 99),
+            dtype=self.dtype_policy,
+            name="output",
         )
 
     def build(self, input_shape):

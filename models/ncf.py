@@ -20,6 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from models.layers import seeded
+
 ITEM_INPUTS = ("id", "features", "both")
 LOSSES = ("bce", "bpr")
 
@@ -208,6 +210,7 @@ class NCF(keras.Model):
                 keras.layers.Dense(
                     units,
                     activation="relu",
+                    kernel_initializer=seeded("glorot_uniform", seed, 20 + i),
                     dtype=self.dtype_policy,
                     name=f"mlp_{i}",
                 )
@@ -223,7 +226,10 @@ class NCF(keras.Model):
                 for i in range(len(mlp_dims))
             ]
         self.prediction = keras.layers.Dense(
-            1, dtype=self.dtype_policy, name="prediction"
+            1,
+            kernel_initializer=seeded("glorot_uniform", seed, 19),
+            dtype=self.dtype_policy,
+            name="prediction",
         )
         self.build()
 
@@ -250,9 +256,11 @@ class NCF(keras.Model):
     def _branch_inputs(self, branch, width, use_ids, use_features, reg):
         """The user embedding, item embedding and item-feature projection
         of one branch (`gmf` or `mlp`), `width` wide; absent parts None."""
+        offset = 0 if branch == "gmf" else 10
         user = keras.layers.Embedding(
             self.num_users,
             width,
+            embeddings_initializer=seeded("uniform", self.seed, offset + 1),
             embeddings_regularizer=reg,
             dtype=self.dtype_policy,
             name=f"{branch}_user_embedding",
@@ -262,6 +270,7 @@ class NCF(keras.Model):
             item = keras.layers.Embedding(
                 self.num_items,
                 width,
+                embeddings_initializer=seeded("uniform", self.seed, offset + 2),
                 embeddings_regularizer=reg,
                 dtype=self.dtype_policy,
                 name=f"{branch}_item_embedding",
@@ -269,6 +278,9 @@ class NCF(keras.Model):
         if use_features:
             projection = keras.layers.Dense(
                 width,
+                kernel_initializer=seeded(
+                    "glorot_uniform", self.seed, offset + 3
+                ),
                 kernel_regularizer=reg,
                 dtype=self.dtype_policy,
                 name=f"{branch}_item_projection",

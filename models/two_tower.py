@@ -15,6 +15,7 @@ from keras import ops
 
 from models.layers import MaskedMeanEmbedding
 from models.layers import MLPTower
+from models.layers import seeded
 
 LOSSES = ("softmax", "bpr", "mse")
 
@@ -151,6 +152,7 @@ class TwoTower(keras.Model):
             keras.layers.Embedding(
                 num_users,
                 id_embedding_dim,
+                embeddings_initializer=seeded("uniform", seed, 1),
                 embeddings_regularizer=reg,
                 name="user_embedding",
             )
@@ -161,6 +163,7 @@ class TwoTower(keras.Model):
             keras.layers.Embedding(
                 num_items,
                 id_embedding_dim,
+                embeddings_initializer=seeded("uniform", seed, 2),
                 embeddings_regularizer=reg,
                 name="item_embedding",
             )
@@ -172,18 +175,27 @@ class TwoTower(keras.Model):
                 num_items + 1,
                 id_embedding_dim,
                 embeddings_regularizer=reg,
+                seed=None if seed is None else seed + 3,
                 name="history_embedding",
             )
             if history_length > 0
             else None
         )
         self.user_feature_proj = (
-            keras.layers.Dense(id_embedding_dim, name="user_feature_proj")
+            keras.layers.Dense(
+                id_embedding_dim,
+                kernel_initializer=seeded("glorot_uniform", seed, 4),
+                name="user_feature_proj",
+            )
             if num_user_features > 0
             else None
         )
         self.item_feature_proj = (
-            keras.layers.Dense(id_embedding_dim, name="item_feature_proj")
+            keras.layers.Dense(
+                id_embedding_dim,
+                kernel_initializer=seeded("glorot_uniform", seed, 5),
+                name="item_feature_proj",
+            )
             if num_item_features > 0 and item_encoder is None
             else None
         )

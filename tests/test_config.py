@@ -26,6 +26,7 @@ SECTIONS = {
     "track": config.TrackConfig,
     "multimodal": config.MultimodalConfig,
     "decode": config.DecodeConfig,
+    "tune": config.TuneConfig,
 }
 
 

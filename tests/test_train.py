@@ -311,3 +311,31 @@ def test_a_single_user_file_warns_that_metrics_mean_nothing(tmp_path):
     )
     report = train.train_validation_model(cfg)
     assert report["warnings"] and "only 1 user" in report["warnings"][0]
+
+
+def test_saved_validation_model_is_the_tested_one(tiny_cfg):
+    """`validation/model` reproduces the reported test metrics; the model
+    fit on train alone is `validation/model_train_only`."""
+    report = train.train_validation_model(tiny_cfg)
+    dataset = data.load(tiny_cfg.data)
+    tr, va, te = data.split(
+        dataset.interactions,
+        tiny_cfg.data.split,
+        tiny_cfg.data.valid_fraction,
+        tiny_cfg.data.test_fraction,
+        seed=tiny_cfg.seed,
+    )
+    folder = tiny_cfg.run_dir / "validation"
+    tested = recommenders.load(folder / "model")
+    again = train.evaluate_split(tested, te, tr.concat(va), tiny_cfg)
+    reported = report["models"]["two_tower"]["test"]["summary"]
+    for metric in ("ndcg@20", "recall@10"):
+        assert again.summary()[metric] == pytest.approx(
+            reported[metric], abs=1e-6
+        )
+    selected = recommenders.load(folder / "model_train_only")
+    valid = train.evaluate_split(selected, va, tr, tiny_cfg).summary()
+    assert valid["recall@20"] == pytest.approx(
+        report["models"]["two_tower"]["valid"]["summary"]["recall@20"],
+        abs=1e-6,
+    )

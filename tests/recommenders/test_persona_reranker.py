@@ -33,7 +33,7 @@ def fitted(tmp_path_factory):
     report = train.train_validation_model(cfg)
     dataset = data.load(cfg.data)
     tr, _, _ = data.split(dataset.interactions, "leave_last_out")
-    rec = recommenders.load(cfg.run_dir / "validation" / "model")
+    rec = recommenders.load(cfg.run_dir / "validation" / "model_train_only")
     return cfg, dataset, report, rec, tr
 
 
@@ -44,7 +44,7 @@ def test_persona_through_train_validation_model(fitted):
     assert len(entry["history"]["loss"]) >= entry["best_epoch"]
     assert "val_loss" in entry["history"]
     assert "ndcg@10" in entry["test"]["summary"]
-    saved = cfg.run_dir / "validation" / "model"
+    saved = cfg.run_dir / "validation" / "model_train_only"
     info = json.loads((saved / "recommender.json").read_text())
     assert info["kind"] == "persona"
     assert info["params"]["num_personas"] == 2

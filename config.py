@@ -94,9 +94,10 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (256,)  # tower MLP widths
     dropout: float = 0.1  # in [0, 1)
     l2: float = 0.0  # L2 penalty on embedding tables
-    loss: str = (
-        "auto"  # auto (two_tower: softmax, ncf: bce)|softmax|bpr|mse|bce
-    )
+    # auto (the family's: two_tower softmax, ncf bce)|softmax|full_softmax|
+    # bpr|mse|bce
+    loss: str = "auto"
+    mask_known: bool = False  # full_softmax: history items are no negatives
     temperature: float = 0.05  # softmax temperature, > 0
     use_logq: bool = True  # logQ popularity correction in softmax
     use_user_id: bool = False  # user tower has a user id embedding
@@ -610,7 +611,7 @@ def field_paths(cls=Config, prefix: str = "") -> list[str]:
 FORMATS = ("csv", "tsv", "dat", "parquet", "jsonl")
 DUPLICATE_RULES = ("last", "first", "max", "sum", "error")
 SPLITS = ("chrono", "leave_last_out", "time_cut", "random")
-LOSSES = ("auto", "softmax", "bpr", "mse", "bce")
+LOSSES = ("auto", "softmax", "full_softmax", "bpr", "mse", "bce")
 DISTRIBUTIONS = ("none", "data_parallel", "model_parallel")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INDEXES = ("exact", "flat", "ivf", "hnsw")

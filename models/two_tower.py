@@ -6,8 +6,9 @@ predict the *next* item rather than to copy the history) and optional user
 features. The item tower embeds the item id and optional item features. Both
 end in an MLP and L2 normalisation, so a score is a cosine similarity.
 
-Three losses: sampled softmax over in-batch negatives with logQ correction
-(default), BPR over sampled negatives, and pointwise MSE on ratings.
+Four losses: sampled softmax over in-batch negatives with logQ correction
+(default), full-catalog softmax (every item is a negative, each step), BPR
+over sampled negatives, and pointwise MSE on ratings.
 """
 
 import keras
@@ -17,7 +18,7 @@ from models.layers import MaskedMeanEmbedding
 from models.layers import MLPTower
 from models.layers import seeded
 
-LOSSES = ("softmax", "bpr", "mse")
+LOSSES = ("softmax", "full_softmax", "bpr", "mse")
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -35,7 +36,10 @@ class TwoTower(keras.Model):
         hidden_dims: tuple of ints, MLP widths in each tower.
         dropout: float in `[0, 1)`, dropout in the towers.
         l2: float >= 0, L2 penalty on the embedding tables.
-        loss: `"softmax"` (in-batch sampled softmax), `"bpr"` or `"mse"`.
+        loss: `"softmax"` (in-batch sampled softmax), `"full_softmax"`
+            (softmax over the whole catalog: every item's vector is
+            computed each step, so the item features of all items live in
+            the model, `set_item_feature_table`), `"bpr"` or `"mse"`.
         temperature: float > 0, divides the cosine logits.
         use_logq: bool, subtract log sampling probability from in-batch
             logits (Yi et al. 2019) so popular items are not over-penalised.
@@ -55,6 +59,8 @@ class TwoTower(keras.Model):
             Defaults to True. Off (with item features), items are
             represented by content alone, so items unseen in training
             (cold start) get meaningful vectors.
+        mask_known: bool, with `"full_softmax"`: the items of the user's
+            history input are not negatives (their logits are masked).
 
     Call arguments:
         inputs: dict with `"user"` `(batch,)` (and `"history"` `(batch, L)`
@@ -94,6 +100,7 @@ class TwoTower(keras.Model):
         seed=None,
         item_encoder=None,
         use_item_id=True,
+        mask_known=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +123,12 @@ class TwoTower(keras.Model):
         if temperature <= 0:
             raise ValueError(
                 f"`temperature` must be > 0. Received: {temperature}"
+            )
+        if loss == "full_softmax" and item_encoder is not None:
+            raise ValueError(
+                "`loss='full_softmax'` encodes the whole catalog every step, "
+                "which the multimodal item encoder makes too costly: use "
+                "`loss='softmax'` (in-batch) with it."
             )
         if not use_user_id and history_length < 1 and num_user_features < 1:
             raise ValueError(
@@ -145,6 +158,7 @@ class TwoTower(keras.Model):
         self.seed = seed
         self.item_encoder = item_encoder
         self.use_item_id = use_item_id
+        self.mask_known = bool(mask_known)
 
         # === Layers ===
         reg = keras.regularizers.L2(l2) if l2 > 0 else None
@@ -236,13 +250,43 @@ class TwoTower(keras.Model):
             item_width += self.item_encoder.output_dim
         self.user_tower.build((None, user_width))
         self.item_tower.build((None, item_width))
+        self.item_feature_table = None
+        if self.loss_name == "full_softmax" and self.num_item_features:
+            # Every item is scored each step, so the model keeps the item
+            # features of the whole catalog (set by the recommender).
+            self.item_feature_table = self.add_weight(
+                shape=(self.num_items, self.num_item_features),
+                initializer="zeros",
+                trainable=False,
+                name="item_feature_table",
+            )
         self.built = True
+
+    def set_item_feature_table(self, features):
+        """Store every item's features for `"full_softmax"` training."""
+        if self.item_feature_table is None:
+            raise ValueError(
+                "`set_item_feature_table` needs `loss='full_softmax'` and "
+                "`num_item_features` > 0."
+            )
+        self.item_feature_table.assign(ops.cast(features, "float32"))
+
+    def all_item_vectors(self, training=False):
+        """`(num_items, embedding_dim)`: the item tower over the catalog."""
+        return self.encode_item(
+            ops.arange(self.num_items),
+            self.item_feature_table,
+            training=training,
+        )
 
     def call(self, inputs, training=False):
         out = {}
         if "user" in inputs:
             out["user"] = self.encode_user(inputs, training=training)
-        if "item" in inputs:
+        # Full-catalog training scores every item in the loss; the batch's
+        # own item vectors would go unused.
+        skip_items = training and self.loss_name == "full_softmax"
+        if "item" in inputs and not skip_items:
             out["item"] = self.encode_item(
                 inputs["item"], inputs.get("item_features"), training=training
             )
@@ -292,8 +336,16 @@ class TwoTower(keras.Model):
         # Under a mixed policy the towers run in bfloat16/float16; logits,
         # softmax and the loss need float32 range and precision.
         u = ops.cast(y_pred["user"], "float32")
-        v = ops.cast(y_pred["item"], "float32")
-        if self.loss_name == "softmax":
+        if self.loss_name == "full_softmax":
+            items = ops.cast(self.all_item_vectors(training=True), "float32")
+            logits = ops.matmul(u, ops.transpose(items)) / self.temperature
+            if self.mask_known and "history" in x:
+                logits = _mask_history(logits, x["history"], x["item"])
+            loss = keras.losses.sparse_categorical_crossentropy(
+                x["item"], logits, from_logits=True
+            )
+        elif self.loss_name == "softmax":
+            v = ops.cast(y_pred["item"], "float32")
             logits = ops.matmul(u, ops.transpose(v)) / self.temperature
             if self.use_logq and "item_logq" in x:
                 logits = (
@@ -311,6 +363,7 @@ class TwoTower(keras.Model):
                 labels, logits, from_logits=True
             )
         elif self.loss_name == "bpr":
+            v = ops.cast(y_pred["item"], "float32")
             pos = ops.sum(u * v, axis=-1, keepdims=True)
             neg = ops.einsum(
                 "bd,bnd->bn", u, ops.cast(y_pred["neg_item"], "float32")
@@ -319,6 +372,7 @@ class TwoTower(keras.Model):
                 ops.log_sigmoid((pos - neg) / self.temperature), axis=-1
             )
         else:
+            v = ops.cast(y_pred["item"], "float32")
             pred = ops.sum(u * v, axis=-1)
             loss = ops.square(pred - ops.cast(y, pred.dtype))
         if sample_weight is not None:
@@ -350,8 +404,30 @@ class TwoTower(keras.Model):
             if self.item_encoder is None
             else keras.layers.serialize(self.item_encoder),
             "use_item_id": self.use_item_id,
+            "mask_known": self.mask_known,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _mask_history(logits, history, target):
+    """`logits` `(batch, num_items)` with the items of each row's history
+    (`(batch, L)` ids + 1, 0 = padding) set to -1e9, except the target."""
+    batch, length = ops.shape(history)[0], ops.shape(history)[1]
+    rows = ops.repeat(ops.arange(batch)[:, None], length, axis=1)
+    known = ops.scatter(
+        ops.stack(
+            [
+                ops.reshape(rows, (-1,)),
+                ops.reshape(ops.maximum(history - 1, 0), (-1,)),
+            ],
+            axis=1,
+        ),
+        ops.reshape(ops.cast(history > 0, logits.dtype), (-1,)),
+        ops.shape(logits),
+    )
+    target = ops.one_hot(target, ops.shape(logits)[1], dtype=logits.dtype)
+    masked = ops.logical_and(known > 0, target <= 0)
+    return ops.where(masked, ops.cast(-1e9, logits.dtype), logits)

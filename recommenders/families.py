@@ -35,7 +35,7 @@ def _two_tower_model(rec, num_users, num_items, only=None):
     del only  # one branch only
     mc = rec.model_cfg
     encoder = rec.item_encoder()
-    return TwoTower(
+    model = TwoTower(
         num_users=num_users,
         num_items=num_items,
         embedding_dim=mc.embedding_dim,
@@ -57,7 +57,11 @@ def _two_tower_model(rec, num_users, num_items, only=None):
         seed=rec.seed,
         item_encoder=encoder,
         use_item_id=encoder is None or rec.multimodal_cfg.use_item_id,
+        mask_known=mc.mask_known,
     )
+    if rec.loss == "full_softmax" and rec.item_features is not None:
+        model.set_item_feature_table(rec.item_features)
+    return model
 
 
 TWO_TOWER = KerasSpec(

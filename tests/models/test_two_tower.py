@@ -98,6 +98,51 @@ def test_softmax_loss_matches_numpy_reference():
     assert got == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("mask_known", [False, True])
+def test_full_softmax_matches_numpy_reference(mask_known, tmp_path):
+    model = _model(
+        loss="full_softmax", temperature=0.5, dropout=0.0, mask_known=mask_known
+    )
+    table = np.random.default_rng(3).normal(size=(NUM_ITEMS, FEATS))
+    model.set_item_feature_table(table.astype("float32"))
+    x = _inputs(batch=4)
+    x["item"] = np.array([3, 5, 3, 7], "int32")
+    x["history"] = np.array(
+        [[2, 9, 0, 0, 0], [4, 0, 0, 0, 0], [0] * 5, [8, 2, 0, 0, 0]], "int32"
+    )  # ids + 1: row 0 knows items 1 and 8, row 3 items 7 (its target) and 1
+    u = np.random.default_rng(1).normal(size=(4, 8)).astype("float32")
+    items = keras.ops.convert_to_numpy(model.all_item_vectors())
+    got = float(model.compute_loss(x=x, y=None, y_pred={"user": u}))
+    logits = u @ items.T / 0.5
+    if mask_known:
+        logits[0, [1, 8]] = -1e9
+        logits[1, 3] = -1e9
+        logits[3, 1] = -1e9  # item 7 is row 3's target: kept
+    logits -= logits.max(axis=1, keepdims=True)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -np.mean(log_softmax[np.arange(4), x["item"]])
+    assert got == pytest.approx(expected, rel=1e-4)
+    # The feature table is part of the saved model.
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded.all_item_vectors()),
+        items,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="full_softmax"):
+        _model().set_item_feature_table(table)
+    with pytest.raises(ValueError, match="multimodal item encoder"):
+        TwoTower(
+            num_users=3,
+            num_items=4,
+            num_item_features=2,
+            loss="full_softmax",
+            item_encoder=object(),
+        )
+
+
 def test_two_tower_config_round_trip_and_errors():
     model = _model(loss="bpr", temperature=0.1, use_logq=False)
     config = json.loads(json.dumps(model.get_config()))

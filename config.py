@@ -111,6 +111,18 @@ class ModelConfig:
     like_threshold: float | None = None  # ncf: rating >= this is label 1
     dislike_threshold: float | None = None  # ncf: rating <= this is label 0
     use_user_features: bool = True  # user tower reads user features
+    attention_blocks: int = 2  # sasrec: causal self-attention blocks
+    attention_heads: int = 2  # sasrec: heads per block, divide embedding_dim
+    time_buckets: int = 0  # sasrec: item-age buckets (log2 days), 0 = off
+    latent_dim: int = 200  # vae: width of the latent code
+    kl_weight: float = 0.2  # vae: KL weight (beta, or gamma per interaction)
+    kl_scaling: str = "constant"  # vae: constant|per_interaction
+    kl_anneal_steps: int = 0  # vae: steps for a constant beta to ramp up
+    diffusion_steps: int = 5  # diffusion_cf: diffusion steps T, >= 2
+    noise_scale: float = 0.1  # diffusion_cf: scales the noise variances
+    noise_min: float = 1e-3  # diffusion_cf: first step's variance / scale
+    noise_max: float = 1e-2  # diffusion_cf: last step's variance / scale
+    start_step: int = 0  # diffusion_cf: scoring starts from this step
     baseline_params: dict = field(default_factory=dict)  # baselines' kwargs
 
 
@@ -694,6 +706,18 @@ RULES = {
     "model.item_input": _one_of("id", "features", "both"),
     "model.gmf_dim": _at_least(1),
     "model.mlp_dims": _at_least(1),
+    "model.attention_blocks": _at_least(1),
+    "model.attention_heads": _at_least(1),
+    "model.time_buckets": _NON_NEGATIVE,
+    "model.latent_dim": _at_least(1),
+    "model.kl_weight": _NON_NEGATIVE,
+    "model.kl_scaling": _one_of("constant", "per_interaction"),
+    "model.kl_anneal_steps": _NON_NEGATIVE,
+    "model.diffusion_steps": _at_least(2),
+    "model.noise_scale": _POSITIVE,
+    "model.noise_min": _OPEN_UNIT,
+    "model.noise_max": _OPEN_UNIT,
+    "model.start_step": _NON_NEGATIVE,
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.learning_rate": _POSITIVE,

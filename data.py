@@ -686,6 +686,58 @@ def history_matrix(interactions: Interactions, length: int) -> np.ndarray:
     return out
 
 
+def user_sequences(interactions: Interactions):
+    """Every user's interactions oldest first, in one flat order.
+
+    Ties in time are broken by item index, so reversing a user's run gives
+    the order of `history_matrix`.
+
+    Returns:
+        `(order, starts, counts)`: `order` indexes `interactions` so that
+        user `u`'s run is `order[starts[u] : starts[u] + counts[u]]`.
+    """
+    x = interactions
+    order = _lexsort((x.item.astype(np.int64), x.ts, x.user))
+    counts = np.bincount(x.user, minlength=x.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return order, starts, counts
+
+
+def age_buckets(age_seconds, num_buckets: int) -> np.ndarray:
+    """int32 buckets `1..num_buckets` of an age in seconds: 1 for the same
+    day, then one bucket per doubling of the age in days (log2), the last
+    one open-ended. 0 is kept for "no item / age unknown"."""
+    days = np.maximum(np.asarray(age_seconds, np.float64), 0.0) / 86400.0
+    bucket = 1 + np.floor(np.log2(1.0 + days)).astype(np.int64)
+    return np.minimum(bucket, num_buckets).astype(np.int32)
+
+
+def history_ages(
+    interactions: Interactions, length: int, num_buckets: int
+) -> np.ndarray:
+    """`(num_users, length)` int32 age buckets (`age_buckets`) of the slots
+    of `history_matrix`: each item's age relative to the user's newest
+    item; 0 in padding."""
+    if not interactions.ordered:
+        raise ValueError(
+            "Time gaps need timestamps, and these interactions are ordered by "
+            "file row only: set `data.timestamp_col`, or "
+            "`model.time_buckets=0`."
+        )
+    x = interactions
+    order = _lexsort((-x.item.astype(np.int64), -x.ts, x.user))
+    users = x.user[order]
+    counts = np.bincount(users, minlength=x.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(x)) - starts[users]
+    keep = pos < length
+    ts = x.ts[order]
+    newest = ts[starts[users]]
+    out = np.zeros((x.num_users, length), np.int32)
+    out[users[keep], pos[keep]] = age_buckets((newest - ts)[keep], num_buckets)
+    return out
+
+
 def item_log_probs(item_counts: np.ndarray) -> np.ndarray:
     """log of each item's share of interactions (the logQ correction term);
     unseen items get the log of half a count so the value stays finite."""
@@ -869,6 +921,182 @@ class InteractionBatches(keras.utils.PyDataset):
             )
             self._order_epoch = self.epoch
         return self._order
+
+
+class SequenceBatches(keras.utils.PyDataset):
+    """Next-item training windows of every user's sequence, for `fit()`.
+
+    Each user's items (oldest first) are cut into windows of `length`
+    predictions, the newest window first: a window ending at item `e` has
+    the `length` items before `e` as input (newest first, 0-padded, the
+    layout of `history_matrix`) and, at slot `k`, the item after slot
+    `k`'s input as target. Every interaction but each user's first is a
+    target exactly once per epoch. Windows are shuffled per epoch with
+    `default_rng([seed, epoch])`; batches are vectorised gathers.
+
+    Args:
+        interactions: the training `Interactions`.
+        length: int >= 1, slots per window (`model.history_length`).
+        batch_size: int, predicted slots per step; a step holds
+            `max(1, batch_size // length)` windows, so a step's
+            full-catalog logits take `batch_size * num_items` floats.
+        seed: int.
+        time_buckets: int; > 0 adds `"history_age"` (`history_ages`
+            layout: each item's age relative to the window's newest).
+        shuffle: bool.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.
+
+    Returns per batch `(x, y)`: `x` with `"history"`, `"target"` (ids + 1,
+    0 = no target) and optionally `"history_age"`, `y` unused zeros.
+    """
+
+    def __init__(
+        self,
+        interactions,
+        length,
+        batch_size,
+        seed=0,
+        time_buckets=0,
+        shuffle=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if length < 1 or batch_size < 1:
+            raise ValueError(
+                "`length` and `batch_size` must be >= 1. Received: "
+                f"{length}, {batch_size}"
+            )
+        if time_buckets and not interactions.ordered:
+            history_ages(interactions, 1, time_buckets)  # raises
+        order, starts, counts = user_sequences(interactions)
+        self.items = interactions.item[order].astype(np.int32) + 1
+        self.ts = interactions.ts[order]
+        # Window c of user u ends at local index e = n_u - 1 - c * length
+        # (its slot-0 target); users with one item have none.
+        windows = np.where(counts >= 2, (counts - 2) // length + 1, 0)
+        users = np.repeat(np.arange(len(counts)), windows)
+        if not len(users):
+            raise ValueError(
+                "No user has two interactions: there is no next item to "
+                "learn from."
+            )
+        first = np.concatenate([[0], np.cumsum(windows)[:-1]])
+        c = np.arange(len(users)) - first[users]
+        self.end = (starts[users] + counts[users] - 1 - c * length).astype(
+            np.int64
+        )
+        self.first = starts[users].astype(np.int64)
+        self.length = int(length)
+        self.windows_per_batch = max(1, int(batch_size) // self.length)
+        self.seed = seed
+        self.time_buckets = int(time_buckets)
+        self.shuffle = shuffle
+        self.epoch = 0
+        self._order_epoch = None
+        self._order = None
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.end)
+
+    def __len__(self):
+        return -(-self.num_windows // self.windows_per_batch)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, idx):
+        if self._order_epoch != self.epoch:
+            n = self.num_windows
+            self._order = (
+                np.random.default_rng([self.seed, self.epoch]).permutation(n)
+                if self.shuffle
+                else np.arange(n)
+            )
+            self._order_epoch = self.epoch
+        order, size = self._order, self.windows_per_batch
+        rows = order[idx * size : (idx + 1) * size]
+        if len(rows) < size and len(order) >= size:
+            rows = np.concatenate([rows, order[: size - len(rows)]])
+        end, first = self.end[rows, None], self.first[rows, None]
+        source = end - 1 - np.arange(self.length)[None, :]
+        valid = source >= first
+        source = np.where(valid, source, 0)
+        x = {
+            "history": np.where(valid, self.items[source], PAD),
+            "target": np.where(valid, self.items[source + 1], PAD),
+        }
+        if self.time_buckets:
+            newest = self.ts[end - 1]
+            x["history_age"] = np.where(
+                valid,
+                age_buckets(newest - self.ts[source], self.time_buckets),
+                0,
+            ).astype(np.int32)
+        return x, np.zeros(len(rows), np.float32)
+
+
+class InteractionRows(keras.utils.PyDataset):
+    """Shuffled rows of the binary user-item matrix, for `fit()` of models
+    that read a user's whole interaction vector (autoencoders, diffusion
+    over interactions). Only users with an interaction are used. A batch is
+    densified from the CSR matrix, so memory is `batch_size * num_items`
+    floats, whatever the number of users.
+
+    Args:
+        interactions: the training `Interactions`.
+        batch_size: int, users per step.
+        seed: int; epoch `e` shuffles with `default_rng([seed, e])`.
+        shuffle: bool.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.
+
+    Returns per batch `(x, y)`: `x = {"interactions": (batch, num_items)
+    float32}`, `y` unused zeros.
+    """
+
+    def __init__(
+        self, interactions, batch_size, seed=0, shuffle=True, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be >= 1. Received: {batch_size}"
+            )
+        self.rows = interactions.to_csr().astype(np.float32)
+        self.users = np.flatnonzero(np.diff(self.rows.indptr))
+        if not len(self.users):
+            raise ValueError("Cannot make batches from zero interactions.")
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self._order_epoch = None
+        self._order = None
+
+    def __len__(self):
+        return -(-len(self.users) // self.batch_size)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, idx):
+        if self._order_epoch != self.epoch:
+            self._order = (
+                np.random.default_rng([self.seed, self.epoch]).permutation(
+                    self.users
+                )
+                if self.shuffle
+                else self.users
+            )
+            self._order_epoch = self.epoch
+        order = self._order
+        users = order[idx * self.batch_size : (idx + 1) * self.batch_size]
+        if len(users) < self.batch_size and len(order) >= self.batch_size:
+            users = np.concatenate(
+                [users, order[: self.batch_size - len(users)]]
+            )
+        rows = self.rows[users].toarray()
+        return {"interactions": rows}, np.zeros(len(users), np.float32)
 
 
 def scaled_labels(value, low=None, high=None) -> np.ndarray:

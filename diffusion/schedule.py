@@ -25,6 +25,8 @@ References:
         Diffusion Models (v-prediction).
     Hang et al. 2023. Efficient Diffusion Training via Min-SNR Weighting
         Strategy.
+    Wang et al. 2023. Diffusion Recommender Model (DiffRec; the
+        "linear_variance" schedule: few steps, little noise).
 """
 
 import math
@@ -32,7 +34,7 @@ import math
 import numpy as np
 from keras import ops
 
-SCHEDULES = ("linear", "cosine", "scaled_linear")
+SCHEDULES = ("linear", "cosine", "scaled_linear", "linear_variance")
 PARAMETERIZATIONS = ("epsilon", "x0", "v")
 SNR_WEIGHTINGS = ("none", "min_snr")
 
@@ -73,8 +75,11 @@ class NoiseSchedule:
             are integers in `[0, T)`. Defaults to 1000.
         schedule: `"linear"` (Ho et al. 2020, ends scaled by 1000 / T),
             `"cosine"` (Nichol & Dhariwal 2021, `squaredcos_cap_v2`) or
-            `"scaled_linear"` (Stable Diffusion v1's training schedule).
-            Defaults to `"cosine"`.
+            `"scaled_linear"` (Stable Diffusion v1's training schedule) or
+            `"linear_variance"` (DiffRec: the noise variance `1 - abar_t`
+            grows linearly over `variance_range`). Defaults to `"cosine"`.
+        variance_range: `(first, last)` noise variances of
+            `"linear_variance"`, `0 < first <= last < 1`.
 
     Attributes (float32 NumPy arrays of shape `(T,)`; the float64 originals
     are in `self.tables64`): `betas`, `alphas`, `alphas_cumprod` (abar_t),
@@ -94,7 +99,9 @@ class NoiseSchedule:
     ```
     """
 
-    def __init__(self, num_timesteps=1000, schedule="cosine"):
+    def __init__(
+        self, num_timesteps=1000, schedule="cosine", variance_range=None
+    ):
         if (
             isinstance(num_timesteps, bool)
             or not isinstance(num_timesteps, (int, np.integer))
@@ -109,9 +116,23 @@ class NoiseSchedule:
                 f"`schedule` must be one of {SCHEDULES}. Received: "
                 f"schedule={schedule!r}"
             )
+        if schedule == "linear_variance":
+            lo, hi = variance_range or (None, None)
+            if lo is None or not 0.0 < lo < hi < 1.0:
+                raise ValueError(
+                    "`schedule='linear_variance'` needs `variance_range` "
+                    "(first, last) with 0 < first < last < 1. Received: "
+                    f"variance_range={variance_range!r}"
+                )
+            variance_range = (float(lo), float(hi))
+            betas = _linear_variance_betas(lo, hi, int(num_timesteps))
+        else:
+            variance_range = None
+            betas = _betas(schedule, int(num_timesteps))
         self.num_timesteps = int(num_timesteps)
         self.schedule = schedule
-        self.tables64 = _tables(_betas(schedule, self.num_timesteps))
+        self.variance_range = variance_range
+        self.tables64 = _tables(betas)
         for name in _TABLES:
             setattr(self, name, self.tables64[name].astype(np.float32))
 
@@ -261,10 +282,13 @@ class NoiseSchedule:
     # --- serialisation ----------------------------------------------------
 
     def get_config(self):
-        return {
+        config = {
             "num_timesteps": self.num_timesteps,
             "schedule": self.schedule,
         }
+        if self.variance_range is not None:
+            config["variance_range"] = list(self.variance_range)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -315,6 +339,14 @@ def _betas(schedule, num_timesteps):
     f = np.cos((steps + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * math.pi / 2)
     f = f**2
     return np.minimum(1.0 - f[1:] / f[:-1], _MAX_BETA)
+
+
+def _linear_variance_betas(first, last, num_timesteps):
+    """Betas whose noise variance `1 - abar_t` runs linearly from `first`
+    to `last` (DiffRec's schedule)."""
+    abar = 1.0 - np.linspace(first, last, num_timesteps, dtype=np.float64)
+    betas = 1.0 - abar / np.concatenate([[1.0], abar[:-1]])
+    return np.minimum(betas, _MAX_BETA)
 
 
 def _tables(betas):

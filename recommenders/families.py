@@ -10,14 +10,19 @@ the recommender's settings, and how it scores.
 import dataclasses
 import json
 
+import data
 from content import items as content_items
 from content.personas import corpus as persona_corpus
 from content.personas import generate as persona_generate
+from diffusion.interactions import DiffusionCF
 from eval import baselines
+from models.autoencoders import VAECF
 from models.ncf import NCF
+from models.sasrec import SASRec
 from models.two_tower import TwoTower
 from recommenders.keras_recommender import KerasRecommender
 from recommenders.keras_recommender import KerasSpec
+from recommenders.keras_recommender import vector_batches
 from recommenders.persona_reranker import PersonaReranker
 from recommenders.registry import INFO_FILE
 from recommenders.registry import Family
@@ -136,6 +141,147 @@ NCF_SPEC = KerasSpec(
     pretrain=_ncf_pretrain,
 )
 
+# ---------------------------------------------------------------------------
+# Sequence-aware user tower (SASRec)
+# ---------------------------------------------------------------------------
+
+
+def _sasrec_model(rec, num_users, num_items, only=None):
+    del only  # one branch only
+    mc = rec.model_cfg
+    if rec.loss != "full_softmax":
+        raise ValueError(
+            "`model.name='sasrec'` trains with a next-item softmax over the "
+            f"catalog: `model.loss` must be 'auto' or 'full_softmax'. "
+            f"Received: {mc.loss!r}"
+        )
+    num_features = (
+        0 if rec.item_features is None else rec.item_features.shape[1]
+    )
+    model = SASRec(
+        num_users=num_users,
+        num_items=num_items,
+        embedding_dim=mc.embedding_dim,
+        history_length=mc.history_length,
+        num_blocks=mc.attention_blocks,
+        num_heads=mc.attention_heads,
+        dropout=mc.dropout,
+        num_item_features=num_features,
+        time_buckets=mc.time_buckets,
+        l2=mc.l2,
+        seed=rec.seed,
+    )
+    if num_features:
+        model.set_item_feature_table(rec.item_features)
+    return model
+
+
+def _sasrec_batches(rec, train, labels):
+    del labels  # the next items are the targets
+    return data.SequenceBatches(
+        train,
+        rec.model_cfg.history_length,
+        rec.train_cfg.batch_size,
+        seed=rec.seed,
+        time_buckets=rec.model_cfg.time_buckets,
+        workers=rec.scale_cfg.workers,
+        use_multiprocessing=rec.scale_cfg.use_multiprocessing,
+    )
+
+
+def _sasrec_user_tables(rec, interactions):
+    mc = rec.model_cfg
+    if not mc.time_buckets:
+        return {}
+    return {
+        "history_age": data.history_ages(
+            interactions, mc.history_length, mc.time_buckets
+        )
+    }
+
+
+SASREC = KerasSpec(
+    name="sasrec",
+    build_model=_sasrec_model,
+    scoring="dot",
+    default_loss="full_softmax",
+    uses_history=True,
+    wants_item_features=lambda mc: mc.use_item_features,
+    reads_user_features=False,
+    batches=_sasrec_batches,
+    user_tables=_sasrec_user_tables,
+)
+
+# ---------------------------------------------------------------------------
+# Autoencoder and diffusion over the interaction vector
+# ---------------------------------------------------------------------------
+
+
+def _vector_loss(name):
+    def check(rec):
+        if rec.model_cfg.loss not in ("auto", rec.spec.default_loss):
+            raise ValueError(
+                f"`model.name={name!r}` has its own loss: leave `model.loss` "
+                f"at 'auto'. Received: {rec.model_cfg.loss!r}"
+            )
+
+    return check
+
+
+def _vae_model(rec, num_users, num_items, only=None):
+    del only  # one branch only
+    mc = rec.model_cfg
+    _vector_loss("vae")(rec)
+    return VAECF(
+        num_users=num_users,
+        num_items=num_items,
+        hidden_dims=mc.hidden_dims,
+        latent_dim=mc.latent_dim,
+        dropout=mc.dropout,
+        kl_weight=mc.kl_weight,
+        kl_scaling=mc.kl_scaling,
+        kl_anneal_steps=mc.kl_anneal_steps,
+        seed=rec.seed,
+    )
+
+
+VAE = KerasSpec(
+    name="vae",
+    build_model=_vae_model,
+    scoring="vector",
+    default_loss="multinomial",
+    reads_user_features=False,
+    batches=vector_batches,
+)
+
+
+def _diffusion_cf_model(rec, num_users, num_items, only=None):
+    del only  # one branch only
+    mc = rec.model_cfg
+    _vector_loss("diffusion_cf")(rec)
+    return DiffusionCF(
+        num_users=num_users,
+        num_items=num_items,
+        hidden_dims=mc.hidden_dims,
+        dropout=mc.dropout,
+        num_timesteps=mc.diffusion_steps,
+        noise_scale=mc.noise_scale,
+        noise_min=mc.noise_min,
+        noise_max=mc.noise_max,
+        start_step=mc.start_step,
+        seed=rec.seed,
+    )
+
+
+DIFFUSION_CF = KerasSpec(
+    name="diffusion_cf",
+    build_model=_diffusion_cf_model,
+    scoring="vector",
+    default_loss="x0_mse",
+    reads_user_features=False,
+    batches=vector_batches,
+)
+
 KERAS_SPECS = {}
 
 
@@ -161,10 +307,18 @@ def _keras_memory(spec):
 
     def memory(cfg, num_users, num_items, nnz):
         mc, tc = cfg.model, cfg.train
-        if spec.scoring == "dot":
+        loss = spec.default_loss if mc.loss == "auto" else mc.loss
+        if spec.scoring == "vector":
+            width = max(mc.hidden_dims + (mc.latent_dim,))
+            params = 2 * num_items * width
+            activations = 16 * tc.batch_size * num_items
+            history = 0
+        elif spec.scoring == "dot":
             users = num_users if mc.use_user_id else 0
             params = (2 * num_items + users) * mc.id_embedding_dim
             activations = 16 * tc.batch_size**2
+            if loss == "full_softmax":  # logits, softmax and their gradient
+                activations = 12 * tc.batch_size * num_items
             history = 4 * num_users * mc.history_length
         else:
             params = (num_users + num_items) * (
@@ -213,6 +367,19 @@ register_keras(
     NCF_SPEC,
     "NeuMF (GMF + MLP), BCE over sampled negatives or BPR",
     pointwise=True,
+)
+register_keras(
+    SASREC,
+    "SASRec: causal self-attention over the last items, next-item "
+    "softmax over the catalog at every position",
+)
+register_keras(
+    VAE,
+    "Mult-VAE / RecVAE-style autoencoder over the interaction vector",
+)
+register_keras(
+    DIFFUSION_CF,
+    "DiffRec-style denoising diffusion over the interaction vector",
 )
 
 # `multimodal` is either family above with the content encoder as its item

@@ -1,14 +1,15 @@
 """Keras model families behind the one `Recommender` interface.
 
-`KerasRecommender` trains any family whose examples are (user, item)
-interactions (two-tower, NCF, and either of them with the multimodal item
-encoder) with one `fit()`: batches from `data.InteractionBatches`,
+`KerasRecommender` trains every Keras family with one `fit()`: batches
+(`data.InteractionBatches` of (user, item) interactions unless the family
+makes its own, e.g. next-item windows or interaction-vector rows),
 full-ranking validation metrics after every epoch (`RankingMonitor`), and
 EarlyStopping, ModelCheckpoint and ReduceLROnPlateau following them. What
 differs between families is a `KerasSpec`: how to build the network, how
-it scores (dot products of user and item vectors, or a logit per pair), its
-default loss and what it reads. Families register their spec in
-`recommenders/families.py`; nothing here names a family.
+it scores (dot products of user and item vectors, a logit per pair, or the
+whole catalog from the user's interaction vector), its default loss and
+what it reads. Families register their spec in `recommenders/families.py`;
+nothing here names a family.
 """
 
 import dataclasses
@@ -19,6 +20,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+import scipy.sparse as sp
 
 import config as config_lib
 import data
@@ -30,9 +32,12 @@ from runtime import tracking
 
 logger = logging.getLogger(__name__)
 
-SCORINGS = ("dot", "pairwise")
+SCORINGS = ("dot", "pairwise", "vector")
 _PREDICT_BATCH = 4096
 _PAIR_BUDGET_BYTES = 64 * 2**20  # per predict call of a pairwise scorer
+_VECTOR_BUDGET_BYTES = 64 * 2**20  # per predict call of a vector scorer
+_USER_TABLE = "user_table__"  # tables.npz keys of `user_tables`
+_HISTORY_ROWS = "history_rows__"  # tables.npz keys of `history_rows`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +51,10 @@ class KerasSpec:
             feature tables, resolved loss and item encoder); `only` names a
             branch for pre-training (NCF's `"gmf"` / `"mlp"`).
         scoring: `"dot"` (the model outputs `user` and `item` vectors and
-            scores are one matrix product) or `"pairwise"` (the model
-            outputs a `logit` per (user, item) pair).
+            scores are one matrix product), `"pairwise"` (the model
+            outputs a `logit` per (user, item) pair) or `"vector"` (the
+            model maps a user's `(num_items,)` interaction vector,
+            `"interactions"`, to `"scores"` over the catalog).
         default_loss: the loss `model.loss="auto"` resolves to.
         uses_history: the user tower reads the user's recent items (and
             user features, and logQ correction in the softmax).
@@ -57,6 +64,14 @@ class KerasSpec:
             instead of a fresh build when `model.pretrain` is set.
         content_items: the item side is the multimodal content encoder
             (needs the content table of `content.items`).
+        reads_user_features: the user side reads `data.user_features`.
+        batches: optional `(rec, train, labels) -> keras.utils.PyDataset`,
+            the family's training batches (default: `InteractionBatches`
+            of the interactions).
+        user_tables: optional `(rec, interactions) -> {name: (num_users,
+            ...) array}`: extra per-user inputs of the user side, made
+            with the history (e.g. the ages of the history items); a user
+            folded in from items alone gets zeros.
     """
 
     name: str
@@ -67,6 +82,9 @@ class KerasSpec:
     wants_item_features: Callable = lambda model_cfg: False
     pretrain: Callable | None = None
     content_items: bool = False
+    reads_user_features: bool = True
+    batches: Callable | None = None
+    user_tables: Callable | None = None
 
     def __post_init__(self):
         if self.scoring not in SCORINGS:
@@ -135,7 +153,9 @@ class KerasRecommender:
         )
         self.user_features = (
             user_features.values
-            if user_features is not None and model_cfg.use_user_features
+            if user_features is not None
+            and model_cfg.use_user_features
+            and spec.reads_user_features
             else None
         )
         self.ks = tuple(ks)
@@ -143,6 +163,8 @@ class KerasRecommender:
         self.seed = seed
         self.model = None
         self.history_table = None
+        self.user_tables = {}
+        self.history_rows = None  # "vector" scoring: CSR of the history
         self.best_epoch = None
         self.fit_history = {}
         self._item_cache = None
@@ -234,6 +256,8 @@ class KerasRecommender:
         pairwise ones (pairs scored in chunks bounded by
         `_PAIR_BUDGET_BYTES`)."""
         user_idx = np.asarray(user_idx, np.int32)
+        if self.spec.scoring == "vector":
+            return self._score_vectors(user_idx, item_idx)
         if not self.has_vectors:
             return self._score_pairs(user_idx, item_idx)
         items = self.item_embeddings()
@@ -247,6 +271,12 @@ class KerasRecommender:
         or cosines of a dot-product one, in chunks bounded like `score`."""
         user_idx = np.asarray(user_idx, np.int32)
         item_idx = np.asarray(item_idx, np.int32)
+        if self.spec.scoring == "vector":
+            out = np.empty(len(user_idx), np.float32)
+            for users in np.unique(user_idx):
+                rows = user_idx == users
+                out[rows] = self._score_vectors([users], item_idx[rows])[0]
+            return out
         if self.has_vectors:
             users = self.user_embeddings(user_idx)
             return np.sum(users * self.item_embeddings()[item_idx], axis=1)
@@ -260,6 +290,12 @@ class KerasRecommender:
             self.history_table = data.history_matrix(
                 interactions, self.model_cfg.history_length
             )
+            if self.spec.user_tables is not None:
+                self.user_tables = dict(
+                    self.spec.user_tables(self, interactions)
+                )
+        if self.spec.scoring == "vector":
+            self.history_rows = interactions.to_csr().astype(np.float32)
         self._item_cache = None
 
     # --- embeddings -------------------------------------------------------
@@ -278,6 +314,8 @@ class KerasRecommender:
         inputs = {"user": np.asarray(user_idx, np.int32)}
         if self.history_table is not None:
             inputs["history"] = self.history_table[user_idx]
+        for name, table in self.user_tables.items():
+            inputs[name] = table[user_idx]
         if self.user_features is not None:
             inputs["user_features"] = self.user_features[user_idx]
         return self._predict(inputs)["user"]
@@ -291,6 +329,8 @@ class KerasRecommender:
         history = np.zeros((1, length), np.int32)
         history[0, : len(recent)] = recent + 1  # 0 is padding
         inputs = {"user": np.zeros(1, np.int32), "history": history}
+        for name, table in self.user_tables.items():
+            inputs[name] = np.zeros((1,) + table.shape[1:], table.dtype)
         if self.user_features is not None:
             # No features are known for a new user: an all-zero row.
             inputs["user_features"] = np.zeros(
@@ -311,6 +351,13 @@ class KerasRecommender:
         for name in ("history_table", "item_features", "user_features"):
             if getattr(self, name) is not None:
                 tables[name] = getattr(self, name)
+        for name, table in self.user_tables.items():
+            tables[_USER_TABLE + name] = table
+        if self.history_rows is not None:
+            rows = self.history_rows.tocsr()
+            tables[_HISTORY_ROWS + "indptr"] = rows.indptr
+            tables[_HISTORY_ROWS + "indices"] = rows.indices
+            tables[_HISTORY_ROWS + "shape"] = np.asarray(rows.shape)
         np.savez(path / "tables.npz", **tables)
         runs.write_json(path / "recommender.json", self.metadata(), None)
 
@@ -355,7 +402,20 @@ class KerasRecommender:
                 path / "model.keras", compile=False
             )
         for name, table in tables.items():
-            setattr(rec, name, table)
+            if name.startswith(_USER_TABLE):
+                rec.user_tables[name[len(_USER_TABLE) :]] = table
+            elif not name.startswith(_HISTORY_ROWS):
+                setattr(rec, name, table)
+        if _HISTORY_ROWS + "indptr" in tables:
+            indices = tables[_HISTORY_ROWS + "indices"]
+            rec.history_rows = sp.csr_matrix(
+                (
+                    np.ones(len(indices), np.float32),
+                    indices,
+                    tables[_HISTORY_ROWS + "indptr"],
+                ),
+                shape=tuple(tables[_HISTORY_ROWS + "shape"]),
+            )
         rec.best_epoch = info["best_epoch"]
         return rec
 
@@ -379,7 +439,6 @@ class KerasRecommender:
         elif not reuse:
             self.model = self.build_model(train.num_users, train.num_items)
         self._compile(self.model)
-        counts = train.item_counts()
         loss = self.loss
         if loss == "mse":
             labels = data.scaled_labels(train.value)
@@ -389,27 +448,10 @@ class KerasRecommender:
             )
         else:
             labels = None
-        history_user = self.spec.uses_history
-        batches = data.InteractionBatches(
-            train,
-            tc.batch_size,
-            seed=self.seed,
-            history=self.history_table if history_user else None,
-            history_dropout=tc.history_dropout,
-            user_features=self.user_features if history_user else None,
-            item_features=self.item_features,
-            num_negatives=tc.num_negatives if loss in ("bpr", "bce") else 0,
-            sampler=data.negative_sampler(
-                counts, tc.negative_sampling, tc.popularity_alpha
-            ),
-            item_logq=data.item_log_probs(counts)
-            if history_user and mc.use_logq
-            else None,
-            labels=labels,
-            workers=self.scale_cfg.workers,
-            use_multiprocessing=self.scale_cfg.use_multiprocessing,
+        make_batches = self.spec.batches or interaction_batches
+        batches = distribution_lib.shard_for_process(
+            make_batches(self, train, labels)
         )
-        batches = distribution_lib.shard_for_process(batches)
         epochs = epochs or tc.epochs
         with runs.checkpoint_dir() as temp:
             callbacks, checkpoint = self._selection_callbacks(
@@ -418,7 +460,7 @@ class KerasRecommender:
             stage = "select" if callbacks else "fit"
             callbacks += tracking.epoch_callbacks(f"{mc.name}/{stage}")
             logger.info(
-                "fitting %s: users=%d items=%d examples=%d epochs<=%d "
+                "fitting %s: users=%d items=%d interactions=%d epochs<=%d "
                 "batch=%d steps/epoch=%d",
                 mc.name,
                 train.num_users,
@@ -554,6 +596,27 @@ class KerasRecommender:
             )
         return out
 
+    def _score_vectors(self, user_idx, item_idx=None):
+        if self.history_rows is None:
+            raise ValueError(
+                "Scoring needs the users' interactions: call `set_history` "
+                "(fit does) first."
+            )
+        n = self.history_rows.shape[1]
+        users_per_chunk = max(1, _VECTOR_BUDGET_BYTES // (8 * n))
+        out = np.empty(
+            (len(user_idx), n if item_idx is None else len(item_idx)),
+            np.float32,
+        )
+        for start in range(0, len(user_idx), users_per_chunk):
+            chunk = user_idx[start : start + users_per_chunk]
+            rows = self.history_rows[chunk].toarray()
+            scores = self._predict({"interactions": rows})["scores"]
+            if item_idx is not None:
+                scores = scores[:, np.asarray(item_idx)]
+            out[start : start + len(chunk)] = scores
+        return out
+
     def _item_side(self, item_idx):
         """A pairwise family's item inputs for `item_idx`: the item
         features, or, with an item encoder (multimodal), its output
@@ -586,6 +649,46 @@ class KerasRecommender:
         out = self.model.predict(inputs, batch_size=batch, verbose=0)
         # Mixed-precision models return bfloat16/float16; score in float32.
         return {k: v[:rows].astype(np.float32) for k, v in out.items()}
+
+
+def interaction_batches(rec, train, labels):
+    """The default `KerasSpec.batches`: shuffled (user, item) batches with
+    what the family reads (history, features, negatives, logQ)."""
+    mc, tc = rec.model_cfg, rec.train_cfg
+    counts = train.item_counts()
+    history_user = rec.spec.uses_history
+    return data.InteractionBatches(
+        train,
+        tc.batch_size,
+        seed=rec.seed,
+        history=rec.history_table if history_user else None,
+        history_dropout=tc.history_dropout,
+        user_features=rec.user_features if history_user else None,
+        item_features=rec.item_features,
+        num_negatives=tc.num_negatives if rec.loss in ("bpr", "bce") else 0,
+        sampler=data.negative_sampler(
+            counts, tc.negative_sampling, tc.popularity_alpha
+        ),
+        item_logq=data.item_log_probs(counts)
+        if history_user and mc.use_logq
+        else None,
+        labels=labels,
+        workers=rec.scale_cfg.workers,
+        use_multiprocessing=rec.scale_cfg.use_multiprocessing,
+    )
+
+
+def vector_batches(rec, train, labels):
+    """`KerasSpec.batches` of the `"vector"` families: shuffled rows of
+    the user-item matrix (`data.InteractionRows`)."""
+    del labels  # the rows are the targets
+    return data.InteractionRows(
+        train,
+        rec.train_cfg.batch_size,
+        seed=rec.seed,
+        workers=rec.scale_cfg.workers,
+        use_multiprocessing=rec.scale_cfg.use_multiprocessing,
+    )
 
 
 class RankingMonitor(keras.callbacks.Callback):

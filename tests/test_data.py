@@ -1387,3 +1387,107 @@ def test_describe_reports_steps_time_and_duplicates(tmp_path):
     assert facts["time"]["first"] == 100 and facts["time"]["ordered"]
     assert facts["ratings"]["max"] == 5.0
     assert len(facts["sample"]) == 5
+
+
+def test_user_sequences_reverse_to_history_matrix_order():
+    x = _interactions(
+        user=[0, 0, 0, 2, 0],
+        item=[3, 1, 2, 0, 4],
+        ts=[1, 3, 2, 9, 3],
+        num_users=3,
+        num_items=5,
+    )
+    order, starts, counts = data.user_sequences(x)
+    np.testing.assert_array_equal(counts, [4, 0, 1])
+    run = x.item[order][starts[0] : starts[0] + counts[0]]
+    np.testing.assert_array_equal(run[::-1] + 1, data.history_matrix(x, 4)[0])
+
+
+def test_age_buckets_and_history_ages():
+    day = 86400
+    np.testing.assert_array_equal(
+        data.age_buckets([0, day // 2, day, 3 * day, 1000 * day], 4),
+        [1, 1, 2, 3, 4],  # same day, <1 day, 1 day, 3 days, capped
+    )
+    x = _interactions(
+        user=[0, 0, 0, 1],
+        item=[0, 1, 2, 0],
+        ts=[0, 7 * day, 10 * day, 5],
+        num_users=3,
+        num_items=3,
+    )
+    ages = data.history_ages(x, 4, 8)
+    # user 0 newest first: items 2 (age 0), 1 (3 days), 0 (10 days)
+    np.testing.assert_array_equal(ages[0], [1, 3, 4, 0])
+    np.testing.assert_array_equal(ages[1], [1, 0, 0, 0])
+    np.testing.assert_array_equal(ages[2], [0, 0, 0, 0])
+    unordered = dataclasses.replace(x, ordered=False)
+    with pytest.raises(ValueError, match="timestamp_col"):
+        data.history_ages(unordered, 4, 8)
+
+
+def test_sequence_batches_windows_every_next_item_once():
+    rng = np.random.default_rng(0)
+    n = 200
+    x = _interactions(
+        user=rng.integers(0, 9, n),
+        item=rng.integers(0, 40, n),
+        ts=rng.permutation(n) * 1000,
+        num_users=10,  # user 9 has no interactions
+        num_items=40,
+    )
+    length = 4
+    batches = data.SequenceBatches(x, length, batch_size=3 * length, seed=1)
+    order, starts, counts = data.user_sequences(x)
+    targets = []
+    for idx in range(len(batches)):
+        b, y = batches[idx]
+        assert b["history"].shape == (3, length) and len(y) == 3
+        assert set(b) == {"history", "target"}
+        targets.append(b["target"])
+    # Each window: slot k's target is the item after slot k's input; the
+    # input runs back in time from slot 0.
+    b, _ = batches[0]
+    items = x.item[order] + 1
+    seqs = {
+        u: list(items[starts[u] : starts[u] + counts[u]]) for u in range(10)
+    }
+    for hist, tgt in zip(b["history"], b["target"]):
+        valid = hist > 0
+        np.testing.assert_array_equal(valid, tgt > 0)
+        window = list(hist[valid][::-1]) + [tgt[0]]  # oldest .. target
+        assert any(
+            window == seq[i : i + len(window)]
+            for seq in seqs.values()
+            for i in range(len(seq))
+        )
+        np.testing.assert_array_equal(tgt[1:][valid[1:]], hist[:-1][valid[1:]])
+    # Every interaction but each user's first is a target once per epoch
+    # (the last batch repeats windows from the start of the order).
+    n_windows = batches.num_windows
+    all_targets = np.concatenate([t.ravel() for t in targets])
+    per_batch = batches.windows_per_batch
+    first_pass = np.concatenate(targets)[:n_windows]
+    assert (first_pass > 0).sum() == n - np.sum(counts > 0)
+    assert len(all_targets) == len(batches) * per_batch * length
+    with pytest.raises(ValueError, match="two interactions"):
+        data.SequenceBatches(_interactions([0, 1], [0, 1]), 4, 8)
+    aged = data.SequenceBatches(x, length, 8, time_buckets=6)
+    assert aged[0][0]["history_age"].shape == (2, length)
+    np.testing.assert_array_equal(
+        aged[0][0]["history_age"] > 0, aged[0][0]["history"] > 0
+    )
+
+
+def test_interaction_rows_cover_users_with_items_each_epoch():
+    x = _interactions(
+        user=[0, 0, 2, 3, 3, 3], item=[1, 2, 0, 1, 1, 3], num_users=5
+    )
+    rows = data.InteractionRows(x, batch_size=2, seed=0)
+    assert len(rows) == 2
+    seen = np.concatenate([rows[i][0]["interactions"] for i in range(2)])
+    assert seen.shape == (4, 4)  # 3 users with items; last batch filled
+    dense = x.to_csr().toarray()
+    for row in seen:
+        assert any(np.array_equal(row, d) for d in dense[[0, 2, 3]])
+    assert {tuple(r) for r in seen} == {tuple(d) for d in dense[[0, 2, 3]]}

@@ -29,8 +29,9 @@ LAYERS = (
     ("data", "models"),
     ("eval", "eda"),
     ("content",),
+    ("diffusion",),  # its libraries; diffusion/actions.py is an action
     ("recommenders",),
-    ("diffusion", "serving"),
+    ("serving",),
     ("actions",),  # train.py and every */actions.py
     ("main", "benchmarks"),
 )

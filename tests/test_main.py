@@ -91,12 +91,12 @@ def test_cli_smoke_on_this_backend(tiny_cfg):
     assert recs["backend"] == backend and len(recs["recommendations"]) == 24
 
 
-MODELS = ("two_tower", "ncf")
+MODELS = ("two_tower", "ncf", "sasrec", "vae", "diffusion_cf")
 
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    """Both Keras families trained and saved once on this backend."""
+    """Every Keras family trained and saved once on this backend."""
     import config
     from tests.conftest import tiny_config
 

@@ -153,7 +153,7 @@ class EvalConfig:
     memory_warning_gb: float = 4.0  # warn before a fit estimated above this
     num_bootstrap: int = 1000  # resamples for confidence intervals
     baselines: tuple[str, ...] = ("most_popular",)  # shown beside the model
-    protocol: str = "p1"  # benchmark protocol: p1|p2
+    protocol: str = "p1"  # benchmark protocol: p1|p2|p3 (P3: Amazon chrono)
     cold_item_fraction: float = 0.2  # items held out by evaluate_cold_items
     benchmark_models: tuple[str, ...] = (
         "random",
@@ -408,7 +408,7 @@ class TuneConfig:
     trials: int = 20  # trials per model, >= 1
     timeout_s: float = 0.0  # per model; 0 = no limit
     sampler: str = "tpe"  # tpe|random
-    protocol: str = "config"  # config (the data.* split)|p1|p2
+    protocol: str = "config"  # config (the data.* split)|p1|p2|p3
 
 
 @dataclass(frozen=True)
@@ -736,12 +736,12 @@ RULES = {
     "eval.memory_budget_mb": _at_least(1),
     "eval.memory_warning_gb": _POSITIVE,
     "eval.num_bootstrap": _at_least(1),
-    "eval.protocol": _one_of("p1", "p2"),
+    "eval.protocol": _one_of("p1", "p2", "p3"),
     "eval.cold_item_fraction": _OPEN_UNIT,
     "tune.trials": _at_least(1),
     "tune.timeout_s": _NON_NEGATIVE,
     "tune.sampler": _one_of("tpe", "random"),
-    "tune.protocol": _one_of("config", "p1", "p2"),
+    "tune.protocol": _one_of("config", "p1", "p2", "p3"),
     "output.top_k": _at_least(1),
     "scale.distribution": _one_of(*DISTRIBUTIONS),
     "scale.model_parallel": _at_least(1),

@@ -301,18 +301,20 @@ def default_baseline_grids(protocol) -> dict:
     """Baseline candidates with small grids around BENCHMARK.md's choices.
 
     Args:
-        protocol: `"p1"`, `"p2"` (any case) or a `Split` with that name.
+        protocol: `"p1"`, `"p2"`, `"p3"` (any case) or a `Split` with
+            that name. P3 (chronological, like P1) uses P1's grids.
 
     Returns:
         dict of baseline name to `Candidate`; each grid contains the
         reference hyper-parameters of BENCHMARK.md.
     """
     key = str(getattr(protocol, "name", protocol)).lower()
-    if key not in ("p1", "p2"):
+    if key not in ("p1", "p2", "p3"):
         raise ValueError(
-            "`protocol` must be 'p1', 'p2' or a Split named so. "
+            "`protocol` must be 'p1', 'p2', 'p3' or a Split named so. "
             f"Received: {protocol!r}"
         )
+    key = "p1" if key == "p3" else key
     # BENCHMARK.md's choices: P1 ItemKNN k=50, EASE l2=250, iALS 15 it
     # (implicit's alpha=1), BPR 64 f; P2 k=100, l2=1000, iALS 30 it
     # alpha=10, BPR 128 f. Each grid holds the choice and its neighbours.

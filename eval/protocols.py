@@ -7,6 +7,10 @@
   shared datasets folder (never copied into the repository: its licence
   forbids redistribution). Tune on valid, report the same model trained on
   train only (`Split.refit = False`), as the paper's code does.
+- P3, "amazon chrono": Amazon Musical Instruments 5-core reviews (He &
+  McAuley 2016) from the shared folder, with P1's rules (per-user
+  chronological 70 / 10 / 20 by review time, refit on train + valid): a
+  third dataset, from another domain, so that no result is tuned to one.
 
 `history_for_test`, `exclude_for_test` and `exclude_for_valid` encode which
 interactions a reported model is fit on and which items are masked, so
@@ -117,6 +121,50 @@ def load_p1(ratings_path=None) -> Split:
     )
 
 
+def load_p3(reviews_path=None) -> Split:
+    """P3: Amazon Musical Instruments 5-core, per-user chronological 70 /
+    10 / 20 split by review time (P1's rules; `refit=True`).
+
+    Args:
+        reviews_path: optional path to `Musical_Instruments.json` (JSON
+            lines with `reviewerID`, `asin`, `overall`, `unixReviewTime`).
+            Defaults to the shared datasets folder's copy.
+
+    Raises:
+        DatasetUnavailable: the file is missing.
+    """
+    cfg = config.amazon().data
+    if reviews_path is not None:
+        cfg = dataclasses.replace(cfg, path=pathlib.Path(reviews_path))
+    if not pathlib.Path(cfg.path).is_file():
+        raise DatasetUnavailable(
+            f"P3 data not found: {cfg.path}. Pass `reviews_path=` to "
+            f"`load_p3`, or set {config.SHARED_ENV} to the shared folder "
+            "that holds datasets/amazon-musical-instruments."
+        )
+    dataset = data.load(cfg)
+    train, valid, test = data.split(
+        dataset.interactions,
+        method="chrono",
+        valid_fraction=0.1,
+        test_fraction=0.2,
+        seed=0,
+    )
+    return Split(
+        train=train,
+        valid=valid,
+        test=test,
+        name="P3",
+        description=(
+            "Amazon Musical Instruments 5-core chrono: per user by (review "
+            "time, item): last 20% test, 10% before valid; report = refit "
+            "on train+valid"
+        ),
+        refit=True,
+        dataset=dataset,
+    )
+
+
 def load_p2(folder=None) -> Split:
     """P2: the DiffRec ML-1M split, `(user, item)` pairs used as given.
 
@@ -180,8 +228,9 @@ def p2_folder() -> pathlib.Path:
 
 
 def load_protocol(name: str, path=None) -> Split:
-    """`load_p1(path)` for `"p1"`, `load_p2(path)` for `"p2"`."""
-    loaders = {"p1": load_p1, "p2": load_p2}
+    """`load_p1(path)` for `"p1"`, `load_p2(path)` for `"p2"`,
+    `load_p3(path)` for `"p3"`."""
+    loaders = {"p1": load_p1, "p2": load_p2, "p3": load_p3}
     key = str(name).lower()
     if key not in loaders:
         raise ValueError(

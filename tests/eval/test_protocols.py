@@ -140,5 +140,24 @@ def test_rules_no_refit():
 def test_load_protocol_names(tmp_path):
     _write_p2(tmp_path, [[0, 0]], [[0, 1]], [[1, 1]])
     assert protocols.load_protocol("P2", tmp_path).name == "P2"
-    with pytest.raises(ValueError, match="Received: 'p3'"):
-        protocols.load_protocol("p3")
+    with pytest.raises(ValueError, match="Received: 'p4'"):
+        protocols.load_protocol("p4")
+
+
+def test_real_p3_chronological_and_refit(tmp_path):
+    try:
+        split = protocols.load_p3()
+    except protocols.DatasetUnavailable as e:
+        pytest.skip(str(e))
+    assert split.name == "P3" and split.refit is True
+    sizes = split.sizes()
+    total = sizes["train"] + sizes["valid"] + sizes["test"]
+    assert total == len(split.dataset.interactions)
+    assert 0.17 < sizes["test"] / total < 0.25
+    # Every user's test items come no earlier than their train items.
+    train, test = split.train, split.test
+    last_train = np.full(train.num_users, np.iinfo(np.int64).min)
+    np.maximum.at(last_train, train.user, train.ts)
+    assert np.all(test.ts >= last_train[test.user])
+    with pytest.raises(protocols.DatasetUnavailable, match="P3 data"):
+        protocols.load_p3(tmp_path / "nope.json")

@@ -84,11 +84,12 @@ class DataConfig:
 class ModelConfig:
     """Which recommender to build and its hyper-parameters.
 
-    `name` is a Keras model family (`two_tower`) or a baseline from
-    `eval/baselines.py` (`most_popular`, `itemknn`, `ease`, `als`, ...).
+    `name` is a Keras model family (`sasrec`, the default: the best test
+    N@20 on P1 within a 5-minute fit; `two_tower`, `ncf`, `vae`, ...) or a
+    baseline from `eval/baselines.py` (`most_popular`, `ease`, `als`, ...).
     """
 
-    name: str = "two_tower"
+    name: str = "sasrec"
     embedding_dim: int = 64  # output embedding width
     id_embedding_dim: int = 64  # width of the id embedding tables
     hidden_dims: tuple[int, ...] = (256,)  # tower MLP widths

@@ -17,7 +17,13 @@ import os
 import sys
 from typing import Callable
 
-import config as config_lib
+if __name__ == "__main__":
+    # Before anything heavy: glibc reads its malloc tunables at start-up.
+    from runtime import malloc
+
+    malloc.reexec_tuned()
+
+import config as config_lib  # noqa: E402
 
 os.environ.setdefault(
     "KERAS_BACKEND", config_lib.backend_from_argv(sys.argv[1:])

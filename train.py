@@ -296,7 +296,7 @@ def _selected_epochs(cfg):
         "python main.py train_validation_model"
         + (
             f" --set model.name={cfg.model.name}"
-            if cfg.model.name != "two_tower"
+            if cfg.model.name != config_lib.ModelConfig.name
             else ""
         ),
     )

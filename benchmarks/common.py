@@ -34,6 +34,7 @@ import time
 import keras
 
 import config as config_lib
+from runtime import malloc
 from runtime import seeding
 from runtime import startup
 
@@ -51,6 +52,7 @@ THREAD_ENV = (
     "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS",
     "XLA_FLAGS",
+    "GLIBC_TUNABLES",
 )
 
 # ---------------------------------------------------------------------------
@@ -160,10 +162,10 @@ def set_args(overrides):
 # ---------------------------------------------------------------------------
 
 
-def run_child(script, args, backend, timeout):
+def run_child(script, args, backend, timeout, env=None):
     """Run `python -m benchmarks.<script> *args` from the repository root
-    with `KERAS_BACKEND=backend`; the child must print exactly one
-    `RESULT {json}` line on stdout and exit 0.
+    with `KERAS_BACKEND=backend` (and the variables of `env`); the child
+    must print exactly one `RESULT {json}` line on stdout and exit 0.
 
     Returns:
         dict: `ok`, `returncode` (None on timeout), `wall_s`, and either
@@ -171,7 +173,8 @@ def run_child(script, args, backend, timeout):
         stderr, else of its stdout).
     """
     cmd = [sys.executable, "-m", f"benchmarks.{script}", *args]
-    env = dict(os.environ, KERAS_BACKEND=backend)
+    env = dict(os.environ, **(env or {}), KERAS_BACKEND=backend)
+    env = malloc.tuned_environ(env) or env  # as main.py runs
     start = time.perf_counter()
     try:
         proc = subprocess.run(

@@ -61,6 +61,25 @@ DEFAULT_SPACES = {
         "model.history_length": (10, 200, "log"),
         "train.history_dropout": (0.0, 0.5),
     },
+    "sasrec": {
+        "train.learning_rate": (3e-4, 1e-2, "log"),
+        "model.dropout": (0.0, 0.5),
+        "model.history_length": (10, 200, "log"),
+        "model.attention_blocks": (1, 3),
+        "train.batch_size": [1024, 2048, 4096, 6400],
+    },
+    "vae": {
+        "train.learning_rate": (1e-4, 3e-3, "log"),
+        "model.dropout": (0.0, 0.7),
+        "model.kl_weight": (1e-3, 1.0, "log"),
+        "model.latent_dim": (64, 400, "log"),
+    },
+    "diffusion_cf": {
+        "train.learning_rate": (1e-4, 3e-3, "log"),
+        "model.noise_scale": (1e-3, 0.3, "log"),
+        "model.diffusion_steps": (2, 50, "log"),
+        "model.start_step": (0, 1),
+    },
     "ncf": {
         "train.learning_rate": (3e-4, 1e-2, "log"),
         "model.dropout": (0.0, 0.5),

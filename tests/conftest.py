@@ -87,7 +87,10 @@ def write_ratings(path, num_users=24, num_items=30, per_user=12, seed=0):
 
 
 def tiny_config(tmp_path, *extra):
-    """`config.tiny()` pointed at a fresh synthetic dataset in tmp_path."""
+    """`config.tiny()` pointed at a fresh synthetic dataset in tmp_path,
+    with the two-tower model: most action tests were written against it
+    (the shipped default, SASRec, runs through every action in
+    tests/test_main.py and tests/eval/test_quality.py)."""
     import config
 
     ratings = tmp_path / "ratings.csv"
@@ -99,6 +102,7 @@ def tiny_config(tmp_path, *extra):
         f"output.runs_dir={str(tmp_path / 'runs')!r}",
         "train.batch_size=32",
         "train.epochs=2",
+        "model.name='two_tower'",
     ]
     if os.environ.get("KERAS_BACKEND") == "tensorflow":
         # XLA compiles each fit/predict shape for seconds, which dominates

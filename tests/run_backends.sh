@@ -7,6 +7,12 @@ set -u
 cd "$(dirname "$0")/.." || exit 2
 python=${PYTHON:-python}
 status=0
+# Huge-page malloc, as main.py sets it for itself (runtime/malloc.py); an
+# older glibc ignores the setting.
+case "${GLIBC_TUNABLES:-}" in
+  *glibc.malloc.hugetlb*) ;;
+  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
+esac
 if [ "${LINT:-1}" != 0 ]; then
   echo "=== ruff"
   "$python" -m ruff check . && "$python" -m ruff format --check . || status=1

@@ -111,7 +111,7 @@ def test_default_points_at_shipped_movielens():
     assert cfg.data.item_features.path.is_file()
     assert cfg.data.item_features.multivalued == ("genres",)
     assert cfg.data.user_features.path is None
-    assert cfg.run_dir == pathlib.Path("runs") / "two_tower"  # auto
+    assert cfg.run_dir == pathlib.Path("runs") / "sasrec"  # auto
 
 
 def test_new_dataset_needs_only_config_edits(tmp_path):

@@ -84,7 +84,7 @@ def test_cli_smoke_on_this_backend(tiny_cfg):
     recs = json.loads(
         (
             tiny_cfg.output.runs_dir
-            / "two_tower-smoke"
+            / "sasrec-smoke"  # the shipped default model
             / "recommendations.json"
         ).read_text()
     )

@@ -115,6 +115,7 @@ class ModelConfig:
     attention_blocks: int = 2  # sasrec: causal self-attention blocks
     attention_heads: int = 2  # sasrec: heads per block, divide embedding_dim
     time_buckets: int = 0  # sasrec: item-age buckets (log2 days), 0 = off
+    attention_dropout: float = 0.2  # sasrec: its dropout (not model.dropout)
     latent_dim: int = 200  # vae: width of the latent code
     kl_weight: float = 0.2  # vae: KL weight (beta, or gamma per interaction)
     kl_scaling: str = "constant"  # vae: constant|per_interaction
@@ -131,6 +132,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 40  # upper bound; early stopping picks the best
     batch_size: int = 1024  # examples per step
+    positions_per_step: int = 6400  # sasrec: its batch, predicted positions
     learning_rate: float = 2e-3
     optimizer: str = "adam"  # adam|adamw|sgd
     weight_decay: float = 0.0  # adamw only
@@ -455,6 +457,7 @@ TINY_OVERRIDES = (
     "model.history_length=8",
     "train.epochs=2",
     "train.batch_size=1024",
+    "train.positions_per_step=256",
     "train.early_stopping_patience=1",
     "train.verbose=0",
     "eval.num_bootstrap=50",
@@ -700,6 +703,7 @@ RULES = {
     "model.id_embedding_dim": _at_least(1),
     "model.hidden_dims": _at_least(1),
     "model.dropout": _FRACTION,
+    "model.attention_dropout": _FRACTION,
     "model.l2": _NON_NEGATIVE,
     "model.loss": _one_of(*LOSSES),
     "model.temperature": _POSITIVE,
@@ -721,6 +725,7 @@ RULES = {
     "model.start_step": _NON_NEGATIVE,
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
+    "train.positions_per_step": _at_least(1),
     "train.learning_rate": _POSITIVE,
     "train.optimizer": _one_of("adam", "adamw", "sgd"),
     "train.weight_decay": _NON_NEGATIVE,

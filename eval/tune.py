@@ -63,10 +63,10 @@ DEFAULT_SPACES = {
     },
     "sasrec": {
         "train.learning_rate": (3e-4, 1e-2, "log"),
-        "model.dropout": (0.0, 0.5),
+        "model.attention_dropout": (0.0, 0.5),
         "model.history_length": (10, 200, "log"),
         "model.attention_blocks": (1, 3),
-        "train.batch_size": [1024, 2048, 4096, 6400],
+        "train.positions_per_step": [1024, 2048, 4096, 6400, 12800],
     },
     "vae": {
         "train.learning_rate": (1e-4, 3e-3, "log"),

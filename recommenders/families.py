@@ -165,7 +165,7 @@ def _sasrec_model(rec, num_users, num_items, only=None):
         history_length=mc.history_length,
         num_blocks=mc.attention_blocks,
         num_heads=mc.attention_heads,
-        dropout=mc.dropout,
+        dropout=mc.attention_dropout,
         num_item_features=num_features,
         time_buckets=mc.time_buckets,
         l2=mc.l2,
@@ -181,7 +181,7 @@ def _sasrec_batches(rec, train, labels):
     return data.SequenceBatches(
         train,
         rec.model_cfg.history_length,
-        rec.train_cfg.batch_size,
+        rec.train_cfg.positions_per_step,
         seed=rec.seed,
         time_buckets=rec.model_cfg.time_buckets,
         workers=rec.scale_cfg.workers,
@@ -210,6 +210,7 @@ SASREC = KerasSpec(
     reads_user_features=False,
     batches=_sasrec_batches,
     user_tables=_sasrec_user_tables,
+    batch_field="positions_per_step",
 )
 
 # ---------------------------------------------------------------------------
@@ -308,23 +309,24 @@ def _keras_memory(spec):
     def memory(cfg, num_users, num_items, nnz):
         mc, tc = cfg.model, cfg.train
         loss = spec.default_loss if mc.loss == "auto" else mc.loss
+        batch = getattr(tc, spec.batch_field)
         if spec.scoring == "vector":
             width = max(mc.hidden_dims + (mc.latent_dim,))
             params = 2 * num_items * width
-            activations = 16 * tc.batch_size * num_items
+            activations = 16 * batch * num_items
             history = 0
         elif spec.scoring == "dot":
             users = num_users if mc.use_user_id else 0
             params = (2 * num_items + users) * mc.id_embedding_dim
-            activations = 16 * tc.batch_size**2
+            activations = 16 * batch**2
             if loss == "full_softmax":  # logits, softmax and their gradient
-                activations = 12 * tc.batch_size * num_items
+                activations = 12 * batch * num_items
             history = 4 * num_users * mc.history_length
         else:
             params = (num_users + num_items) * (
                 mc.gmf_dim + mc.id_embedding_dim
             )
-            activations = 256 * tc.batch_size * (1 + tc.num_negatives)
+            activations = 256 * batch * (1 + tc.num_negatives)
             history = 0
         return 12 * params + activations + history + 16 * nnz
 

@@ -72,6 +72,8 @@ class KerasSpec:
             ...) array}`: extra per-user inputs of the user side, made
             with the history (e.g. the ages of the history items); a user
             folded in from items alone gets zeros.
+        batch_field: the `train.*` field holding the family's examples
+            per step (`batch_size`; SASRec's `positions_per_step`).
     """
 
     name: str
@@ -85,6 +87,7 @@ class KerasSpec:
     reads_user_features: bool = True
     batches: Callable | None = None
     user_tables: Callable | None = None
+    batch_field: str = "batch_size"
 
     def __post_init__(self):
         if self.scoring not in SCORINGS:
@@ -467,7 +470,7 @@ class KerasRecommender:
                 train.num_items,
                 len(train),
                 epochs,
-                tc.batch_size,
+                getattr(tc, self.spec.batch_field),
                 len(batches),
             )
             history = self.model.fit(

@@ -22,6 +22,7 @@ def _run(tmp_path, name, seed, values):
         "test": test,
         "valid": {"recall@20": 0.1},
         "fit_seconds": 10.0 + seed,
+        "select_fit_seconds": 20.0 + seed,
         "peak_rss_mib": 100.0 * (seed + 1),
         "per_user": str(path),
     }
@@ -42,11 +43,13 @@ def test_summary_mean_sd_and_paired_test(tmp_path):
     assert model["mean"]["ndcg@20"] == pytest.approx(base.mean() + 0.06)
     assert model["sd"]["ndcg@20"] == pytest.approx(0.01)
     assert model["fit_seconds"] == pytest.approx(11.0)
+    assert model["select_fit_seconds"] == pytest.approx(21.0)
     assert model["peak_rss_mib"] == 300.0
     test = model["vs_reference"]["ndcg@20"]
     assert test["diff"] == pytest.approx(0.06) and test["p_value"] < 0.01
     table = headline.markdown("p1", rows, "ease", [0, 1, 2])
     assert "| model | " in table and "+0.0600" in table
+    assert "| 21 + 11 |" in table
 
 
 def test_models_file_names_registered_models():

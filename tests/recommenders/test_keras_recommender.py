@@ -1,6 +1,7 @@
 """recommenders/keras_recommender.py: the Keras families behind the one
 interface: save / load / warm start, item-feature modes, scoring."""
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,6 +50,34 @@ def test_dot_product_scores_are_user_times_item_vectors(tiny_cfg):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_sasrec_reads_its_own_batch_and_dropout_fields(tiny_cfg):
+    cfg = config.override(
+        tiny_cfg,
+        [
+            "model.name='sasrec'",
+            "model.history_length=5",
+            "train.positions_per_step=20",
+            "model.attention_dropout=0.3",
+            "model.dropout=0.0",
+            "train.batch_size=7",
+        ],
+    )
+    dataset = data.load(cfg.data)
+    rec = recommenders.build(cfg, dataset)
+    batches = rec.spec.batches(rec, dataset.interactions, None)
+    x, _ = batches[0]
+    assert x["history"].shape == (4, 5)  # 20 positions = 4 windows of 5
+    inter = dataset.interactions
+    model = rec.build_model(inter.num_users, inter.num_items)
+    rates = {
+        layer.rate
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.Dropout)
+    }
+    assert rates == {0.3}
+    assert rec.spec.batch_field == "positions_per_step"
 
 
 def test_ncf_features_mode_needs_features(tiny_cfg):

@@ -97,6 +97,7 @@ def run_one(protocol, name, overrides, seed, out_dir):
             "fit_seconds": result["fit_seconds"],
             "select_fit_seconds": result["grid"][0]["fit_seconds"],
             "refit_params": result["refit_params"],
+            "refit": bool(split.refit),
             "peak_rss_mib": common.peak_rss_mib(),
             "per_user": str(pathlib.Path(out_dir) / "per_user.npz"),
         }
@@ -135,6 +136,7 @@ def summarise(runs_by_model, reference, num_samples=10000):
             "select_fit_seconds": float(
                 np.mean([r["select_fit_seconds"] for r in seeds])
             ),
+            "refit": all(r.get("refit", True) for r in seeds),
             "peak_rss_mib": float(max(r["peak_rss_mib"] for r in seeds)),
             "users": int(len(users)),
         }
@@ -183,7 +185,8 @@ def markdown(protocol, rows, reference, seeds):
             f"| {name} | "
             + " | ".join(cells + diffs)
             + f" | {row['select_fit_seconds']:.0f} + "
-            f"{row['fit_seconds']:.0f} | {row['peak_rss_mib']:.0f} |"
+            + (f"{row['fit_seconds']:.0f}" if row["refit"] else "no refit")
+            + f" | {row['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -50,6 +50,10 @@ def test_summary_mean_sd_and_paired_test(tmp_path):
     table = headline.markdown("p1", rows, "ease", [0, 1, 2])
     assert "| model | " in table and "+0.0600" in table
     assert "| 21 + 11 |" in table
+    for run in runs["model"]:
+        run["refit"] = False  # P2: the selected fit is the reported one
+    rows = headline.summarise(runs, "ease", num_samples=100)
+    assert "| 21 + no refit |" in headline.markdown("p2", rows, "ease", [0])
 
 
 def test_models_file_names_registered_models():

@@ -20,12 +20,7 @@ from keras import ops
 
 from diffusion.prior import sinusoidal_embedding
 from diffusion.schedule import NoiseSchedule
-
-
-def _l2_normalize(x):
-    return x / ops.sqrt(
-        ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12)
-    )
+from models import layers
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -139,7 +134,7 @@ class DiffusionCF(keras.Model):
 
     def denoise(self, x_t, t, training=False):
         """The x_0 prediction from `x_t` at integer steps `t` `(batch,)`."""
-        h = self.input_dropout(_l2_normalize(x_t), training=training)
+        h = self.input_dropout(layers.l2_normalize(x_t), training=training)
         step = self.timestep_dense(sinusoidal_embedding(t, self.timestep_dim))
         h = ops.concatenate([h, step], axis=-1)
         for dense in self.hidden:

@@ -18,15 +18,10 @@ dense `(batch, num_items)` row; `data.InteractionRows` makes batches.
 import keras
 from keras import ops
 
+from models import layers
 from models.layers import seeded
 
 KL_SCALINGS = ("constant", "per_interaction")
-
-
-def _l2_normalize(x):
-    return x / ops.sqrt(
-        ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12)
-    )
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -147,7 +142,7 @@ class VAECF(keras.Model):
 
     def encode(self, x, training=False):
         """`(mean, log_variance)` of the latent code of rows `x`."""
-        h = self.input_dropout(_l2_normalize(x), training=training)
+        h = self.input_dropout(layers.l2_normalize(x), training=training)
         outputs = []
         for dense, norm in zip(self.encoder_layers, self.encoder_norms):
             z = dense(h if not outputs else outputs[-1])

@@ -218,3 +218,11 @@ class MLPTower(keras.layers.Layer):
             }
         )
         return config
+
+
+def l2_normalize(x):
+    """`x` scaled to unit L2 norm on its last axis (norms floored at 1e-6,
+    so an all-zero row stays zero)."""
+    return x / ops.sqrt(
+        ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12)
+    )
